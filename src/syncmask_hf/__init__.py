@@ -5,4 +5,4 @@ Importing the package registers every model with transformers' Auto classes.
 
 __version__ = "0.1.0"
 
-from .pretrained import minilm_path, resolve_pretrained  # noqa: E402
+from .pretrained import minilm_path, resolve_pretrained
