@@ -234,7 +234,8 @@ class FashionProcessor(ProcessorMixin):
         return_entities: default of `__call__(return_entities=...)` (True for an E2 processor).
         text_format: default text format, `"plain"` or `"attributes"` (FashionFAE's AETP text; the baseline is
             `"plain"`).
-        attribute_templates: attribute name -> template containing `{value}`, in FashionFAE's order.
+        attribute_templates: `[name, template]` pairs (or a dict) with `{value}` in each template, in the order used
+            when not shuffling. Stored as a list of pairs because processor configs are saved with sorted keys.
         shuffle_attributes: shuffle the templates per item (FashionFAE does; `False` keeps the order above).
     """
 
@@ -248,7 +249,7 @@ class FashionProcessor(ProcessorMixin):
         entity_max_length: int = 32,
         return_entities: bool = False,
         text_format: str = "plain",
-        attribute_templates: dict[str, str] | None = None,
+        attribute_templates: Sequence[Sequence[str]] | Mapping[str, str] | None = None,
         shuffle_attributes: bool = True,
         **kwargs,
     ):
@@ -256,8 +257,9 @@ class FashionProcessor(ProcessorMixin):
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
         if text_format not in ("plain", "attributes"):
             raise ValueError(f"text_format must be 'plain' or 'attributes', got {text_format!r}")
-        templates = dict(DEFAULT_ATTRIBUTE_TEMPLATES if attribute_templates is None else attribute_templates)
-        for name, template in templates.items():
+        templates = DEFAULT_ATTRIBUTE_TEMPLATES if attribute_templates is None else attribute_templates
+        templates = [[str(name), str(template)] for name, template in dict(templates).items()]
+        for name, template in templates:
             if template.count("{value}") != 1:
                 raise ValueError(f"attribute template {name!r} must contain '{{value}}' once: {template!r}")
         self.max_length = int(max_length)
@@ -520,13 +522,13 @@ class FashionProcessor(ProcessorMixin):
         budget = max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
         rows = []  # per item: list of (segment text, role, attribute index or -1)
         for title, description, attrs in zip(titles, descriptions, attributes):
-            present = [(name, self._value(attrs, name)) for name in self.attribute_templates]
-            present = [(name, value) for name, value in present if value]
+            present = [(name, self._value(attrs, name), tpl) for name, tpl in self.attribute_templates]
+            present = [item for item in present if item[1]]
             if self.shuffle_attributes:
                 rng.shuffle(present)
             templates = []
-            for k, (name, value) in enumerate(present):
-                before, after = self.attribute_templates[name].split("{value}")
+            for k, (_, value, template) in enumerate(present):
+                before, after = template.split("{value}")
                 templates.append(
                     [(before.strip(), ROLE_TEMPLATE, -1), (value, ROLE_VALUE, k), (after.strip(), ROLE_TEMPLATE, -1)]
                 )
