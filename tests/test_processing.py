@@ -521,3 +521,57 @@ def test_collator_skip_count_is_shared_with_dataloader_workers(processor, tmp_pa
     sizes = [batch["pixel_values"].shape[0] for batch in loader]
     assert sizes == [1, 1, 1, 1]
     assert collator.num_skipped == 4
+
+
+def test_stacked_array_batch_and_padding_true(processor):
+    batch = np.zeros((3, 10, 12, 3), dtype=np.uint8)
+    out = processor(images=batch, text=["a", "b c", ""], padding=True, return_tensors="pt")
+    assert out["pixel_values"].shape == (3, 3, SIZE, SIZE) and out["input_ids"].shape == (3, 4)
+    with pytest.raises(ValueError, match="truncation=False"):
+        processor(text=["a"], truncation=False)
+
+
+def _hm_rows(root, n=24):
+    import csv
+
+    rows = []
+    with open(root / "hm" / "articles.csv", newline="", encoding="utf-8") as f:
+        for record in csv.DictReader(f):
+            path = root / "hm" / "images" / record["article_id"][:3] / f"{record['article_id']}.jpg"
+            if not path.is_file():
+                continue
+            rows.append(
+                {
+                    "image": str(path),
+                    "text": f"{record['prod_name']}. {record['detail_desc']}".strip(),
+                    "product_id": record["product_code"],
+                    "item_id": record["article_id"],
+                    "category": record["product_group_name"],
+                    "subcategory": record["product_type_name"],
+                    "brand": "",
+                    "season": "",
+                    "color": record["colour_group_name"],
+                    "composition": "",
+                    "gender": record["index_group_name"],
+                }
+            )
+            if len(rows) == n:
+                break
+    return rows
+
+
+@pytest.mark.shared_data
+def test_collator_on_real_hm_photos(processor, shared_data):
+    rows = _hm_rows(shared_data)
+    assert len(rows) == 24
+    for mode in FashionCollator.MODES:
+        batch = FashionCollator(processor, mode=mode, seed=0)(rows)
+        assert batch["pixel_values"].shape == (24, 3, SIZE, SIZE) and torch.isfinite(batch["pixel_values"]).all()
+        products = [row["product_id"] for row in rows]
+        same = [(i, j) for i in range(24) for j in range(i + 1, 24) if products[i] == products[j]]
+        assert same, "the first H&M articles include colour variants of one product"
+        for i, j in same:
+            assert batch["product_ids"][i] == batch["product_ids"][j]
+            assert batch["text_ids"][i] == batch["text_ids"][j]  # colour variants share one text
+        if mode == "fae":
+            assert (batch["token_roles"] == ROLE_VALUE).any(dim=1).all()

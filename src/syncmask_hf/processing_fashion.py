@@ -354,14 +354,15 @@ class FashionProcessor(ProcessorMixin):
         seed: int | None = None,
         generator: random.Random | np.random.Generator | torch.Generator | None = None,
         max_length: int | None = None,
-        padding: str | None = None,
+        padding: str | bool | None = None,
         return_tensors: str | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Turn a batch of products into model inputs.
 
         Args:
-            images: one image or a list (any PIL mode, paths, bytes, arrays; see `load_image`).
+            images: one image, a list, or a stacked (B,H,W,C) / (B,C,H,W) array (any PIL mode, paths, bytes, arrays;
+                see `load_image`).
             text: the item texts (for `text_format="attributes"`, the description). `None` or `""` is allowed and
                 gives `[CLS] [SEP]` (just the special tokens): unknown text is common in catalogues.
             attributes: one dict per item (`brand`, `season`, `subcategory`, `category`, `gender`, `composition`,
@@ -376,8 +377,14 @@ class FashionProcessor(ProcessorMixin):
                 `numpy.random.Generator` or `torch.Generator` to draw from); neither: a fresh random order.
             return_tensors: `"pt"`, `"np"` or None (lists), as in transformers.
         """
+        if kwargs.pop("truncation", True) is not True:
+            raise ValueError("FashionProcessor always truncates (to max_length); truncation=False is not supported.")
         if kwargs:
             raise TypeError(f"FashionProcessor got unexpected arguments: {sorted(kwargs)}")
+        if padding is True:
+            padding = "longest"
+        if padding is not None and padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest', True or 'max_length', got {padding!r}")
         text_format = self.text_format if text_format is None else text_format
         if text_format not in ("plain", "attributes"):
             raise ValueError(f"text_format must be 'plain' or 'attributes', got {text_format!r}")
@@ -385,7 +392,9 @@ class FashionProcessor(ProcessorMixin):
         max_length = self.max_length if max_length is None else int(max_length)
         padding = self.padding if padding is None else padding
 
-        if images is not None and not isinstance(images, (list, tuple)):
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            images = list(images)  # a stacked batch of arrays
+        elif images is not None and not isinstance(images, (list, tuple)):
             images = [images]
         if isinstance(text, str):
             text = [text]
