@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -30,7 +31,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 import syncmask_hf
-from syncmask_hf.data import concatenate_catalogs, load_catalog, product_disjoint_split
+from syncmask_hf.data import load_catalog, product_disjoint_split, text_id
 from syncmask_hf.evaluation import format_results_markdown, save_results
 from syncmask_hf.pretrained import resolve_pretrained
 from syncmask_hf.training import (
@@ -136,30 +137,35 @@ def parse_args(argv=None):
 
 def build_data(args, processor, mode, accelerator):
     sources = args.dataset or ["synthetic:2400"]
+    skip = args.bad_items == "skip"
     with accelerator.main_process_first():
-        catalog = concatenate_catalogs([load_catalog(s) for s in sources])
-        splits = product_disjoint_split(
-            catalog, test_size=args.test_products, val_size=args.val_products, seed=args.seed
-        )
-    collator = syncmask_hf.FashionCollator(processor, mode=mode, skip_bad=args.bad_items == "skip")
+        parts = [load_catalog(source, skip_bad=skip) for source in sources]
+        catalog = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        # Decode in the collator, not in `datasets`: a corrupt file then becomes a counted skip (or a clear error
+        # naming the item) instead of an exception from deep inside the DataLoader.
+        catalog = catalog.cast_column("image", datasets.Image(decode=False))
+        splits = product_disjoint_split(catalog, test_size=args.test_products, val_size=args.val_products, seed=args.seed)
+    collator = syncmask_hf.FashionCollator(processor, mode=mode, skip_bad=skip, seed=args.seed)
     return splits, collator
 
 
-def build_batch_sampler(args, train, accelerator, epoch_seed):
+def build_batch_sampler(args, train, accelerator, epoch):
+    """Rank-aware batch samplers that cut the same global batches in every process (so N processes with batch B
+    see exactly the batches one process with batch N*B would)."""
     kind = args.sampler
     if kind == "default":
         kind = {"syncmask": "semi_hard", "e2": "one_per_product"}.get(args.model, "random")
-    common = dict(
-        batch_size=args.batch_size,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-        seed=epoch_seed,
-    )
+    common = dict(num_replicas=accelerator.num_processes, rank=accelerator.process_index, seed=args.seed, drop_last=True)
+    products = train["product_id"]
     if kind == "semi_hard":
-        return syncmask_hf.GroupedSemiHardBatchSampler.from_catalog(train, **common)
-    if kind == "one_per_product":
-        return syncmask_hf.OneImagePerProductSampler(train["product_id"], drop_last=True, **common)
-    return syncmask_hf.RandomBatchSampler(len(train), drop_last=True, **common)
+        groups = [sub or cat for sub, cat in zip(train["subcategory"], train["category"])]
+        sampler = syncmask_hf.GroupedSemiHardBatchSampler(products, args.batch_size, group_keys=groups, text_ids=[text_id(t) for t in train["text"]], **common)
+    elif kind == "one_per_product":
+        sampler = syncmask_hf.OneImagePerProductSampler(products, args.batch_size, **common)
+    else:
+        sampler = syncmask_hf.RandomBatchSampler(len(products), args.batch_size, **common)
+    sampler.set_epoch(epoch)
+    return sampler
 
 
 def main(argv=None):
@@ -218,7 +224,7 @@ def main(argv=None):
         model.freeze_pretrained(True)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=lr)
 
-    sampler0 = build_batch_sampler(args, train, accelerator, args.seed)
+    sampler0 = build_batch_sampler(args, train, accelerator, 0)
     steps_per_epoch = math.ceil(len(sampler0) / args.gradient_accumulation_steps)
     total_steps = args.max_steps or args.num_epochs * steps_per_epoch
     scheduler = cosine_with_warmup(optimizer, args.warmup_steps, total_steps)
@@ -255,7 +261,7 @@ def main(argv=None):
     started = time.monotonic()
     done = progress.global_step >= total_steps
     while not done and progress.epoch < 10**6:
-        sampler = build_batch_sampler(args, train, accelerator, args.seed + progress.epoch)
+        sampler = build_batch_sampler(args, train, accelerator, progress.epoch)
         # The loader gets its own generator: creating its iterator must not draw from the global RNG, or a resumed
         # run (whose iterator is created after load_state) would see different masks / negatives from then on.
         loader = torch.utils.data.DataLoader(
@@ -269,6 +275,9 @@ def main(argv=None):
             loader = accelerator.skip_first_batches(loader, progress.batches_in_epoch)
         model.train()
         for batch in loader:
+            progress.batches_in_epoch += 1
+            if batch is None:  # every row of this batch was bad (counted by the collator)
+                continue
             batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with accelerator.accumulate(model):
                 outputs = model(**batch, return_loss=True)
@@ -278,7 +287,6 @@ def main(argv=None):
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            progress.batches_in_epoch += 1
             progress.samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
