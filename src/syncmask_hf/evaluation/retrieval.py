@@ -208,7 +208,18 @@ def _direction_ranks(
     if rerank is not None:
         scores = _apply_rerank(rerank, query_rows, gallery_rows, ids)
     relevant = torch.from_numpy(gallery_codes[ids.numpy()] == query_codes[:, None])
-    return ranks_from_candidates(scores, relevant)
+    ranks = ranks_from_candidates(scores, relevant)
+    if rerank is None:
+        # A relevant item tied with the k-th score may have been cut from the top-k list; ties go to the query, so
+        # score its best relevant item directly: rank = list items strictly above it (all such items are listed).
+        missing = (~relevant.any(dim=1)).nonzero().flatten().tolist()
+        if missing:
+            by_code = _groups(gallery_codes)
+            for qi in missing:
+                best = (gallery[torch.from_numpy(by_code[int(query_codes[qi])])] @ queries[qi]).max()
+                if best >= scores[qi, -1]:
+                    ranks[qi] = int((scores[qi] > best).sum())
+    return ranks
 
 
 def _check_missing(query_codes, gallery_codes, name, on_missing_positive) -> np.ndarray:

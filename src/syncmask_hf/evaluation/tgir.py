@@ -62,7 +62,6 @@ def tgir_recall(
     if normalize:
         q, g = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(g, dim=-1)
 
-    allowed = None
     if gallery_categories is not None:
         if categories is None:
             raise ValueError("gallery_categories needs categories (one per query) to restrict each query's gallery.")
