@@ -6,3 +6,8 @@ Importing the package registers every model with transformers' Auto classes.
 __version__ = "0.1.0"
 
 from .pretrained import minilm_path, resolve_pretrained  # noqa: E402
+
+# --- evaluation (helper `eval`): metrics live in the subpackage `syncmask_hf.evaluation` ---
+from . import evaluation  # noqa: E402, F401
+
+# --- end evaluation ---

@@ -50,6 +50,13 @@ def ranks_from_candidates(scores: torch.Tensor, relevant: torch.Tensor) -> torch
     return rank
 
 
+def _groups(codes: np.ndarray) -> dict[int, np.ndarray]:
+    """code -> indices of the rows carrying it (one sort, not one scan per code)."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return {int(codes[g[0]]): g for g in np.split(order, bounds)} if len(codes) else {}
+
+
 def recall_from_ranks(ranks: torch.Tensor | np.ndarray, ks: Sequence[int]) -> dict[int, float]:
     """Recall@k in percent from per-query ranks (0 = the relevant item is first)."""
     ranks = torch.as_tensor(ranks)
@@ -344,13 +351,6 @@ def _subcategories_for(
     return np.asarray([by_pid.get(p, None) for p in own_pids.tolist()], dtype=object)
 
 
-def _groups(codes: np.ndarray) -> dict[int, np.ndarray]:
-    """code -> indices of the rows carrying it (one sort, not one scan per code)."""
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    return {int(codes[g[0]]): g for g in np.split(order, bounds)} if len(codes) else {}
-
-
 class _DirectionSampler:
     """Draws sample-100 candidate lists for one direction (queries of one modality, gallery of the other)."""
 
@@ -362,6 +362,8 @@ class _DirectionSampler:
         self.valid = np.flatnonzero(np.isin(q_codes, g_codes))
 
     def ranks(self, rng, num_queries, num_negatives, rerank, rerank_k) -> tuple[torch.Tensor, int]:
+        if len(self.valid) == 0:
+            raise ValueError("no query has an item of its product in the other modality; nothing to evaluate.")
         chosen = rng.choice(self.valid, size=min(num_queries, len(self.valid)), replace=False)
         fallbacks = 0
         cand_idx = np.empty((len(chosen), num_negatives + 1), dtype=np.int64)
