@@ -92,6 +92,18 @@ def test_text_query_is_correct_if_any_image_of_its_product_is_in_top_k():
     assert r["i2t_R@1"] == pytest.approx(100 / 3)  # img0 (A) -> tB first: miss; img1 -> tA: hit; img2 (B) -> tA .6
 
 
+def test_ties_go_to_the_query_even_at_the_top_k_boundary():
+    # Image of A: D scores 1, and A, B, C all score 0. Rank = items strictly above the positive = 1, whichever of
+    # the tied texts top-k happens to keep.
+    images = torch.tensor([[1.0, 0.0]] * 4)
+    texts = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    for use_faiss in (False, True):
+        r = retrieval_recall(
+            images, texts, list("ABCD"), list("ABCD"), ks=(1, 2), normalize=False, use_faiss=use_faiss
+        )
+        assert r["i2t_R@1"] == 25.0 and r["i2t_R@2"] == 100.0  # A, B, C rank 1; D rank 0
+
+
 def test_rerank_callback_gets_original_rows_and_reorders_top_k():
     calls = []
 
@@ -251,6 +263,24 @@ def test_sample100_without_subcategories_and_all_negatives_equals_full_gallery()
     assert s["subcategory_constrained"] == 0
     for key in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5"):
         assert s[key] == pytest.approx(full[key])
+
+
+def test_sample100_rerank_rescoring_all_candidates():
+    images, texts, pids, subs = _sub_block_scores()
+    seen = []
+
+    def oracle(query_idx, candidate_idx):  # ITM-like scores that know the answer
+        seen.append(len(candidate_idx))
+        return (torch.as_tensor(candidate_idx) == query_idx).float()
+
+    r = sample100_recall(
+        images, texts, pids, pids, ks=(1,), image_subcategories=subs, num_negatives=3, num_draws=1,
+        normalize=False, rerank_i2t=oracle, rerank_t2i=oracle,
+    )  # fmt: skip
+    assert r["i2t_R@1"] == 100.0 and r["t2i_R@1"] == 100.0
+    assert seen == [4] * 16  # 8 queries per direction, all 1 + 3 candidates re-scored
+    with pytest.raises(ValueError, match="rerank_k"):
+        sample100_recall(images, texts, pids, pids, ks=(1, 3), num_negatives=3, rerank_i2t=oracle, rerank_k=2)
 
 
 def test_sample100_is_seeded():

@@ -460,6 +460,8 @@ def sample100_recall(
     txt_u, txt_sub_u = txt[keep], txt_sub[keep]
     img_codes, txt_codes = encode_ids(img_pids, txt_pids[keep])
     ks = check_ks(ks, num_negatives + 1, f"candidate list (1 positive + {num_negatives} negatives)")
+    if (rerank_i2t is not None or rerank_t2i is not None) and rerank_k is not None and rerank_k < ks[-1]:
+        raise ValueError(f"rerank_k={rerank_k} must be >= max(ks)={ks[-1]}.")
     for name, gc, n_gallery in (("text", txt_codes, len(keep)), ("image", img_codes, len(img))):
         per_product = np.bincount(gc) if len(gc) else np.zeros(1, dtype=np.int64)
         if n_gallery - per_product.max() < num_negatives:
