@@ -41,3 +41,8 @@ def _register_fashion_processor():
 
 _register_fashion_processor()
 # --- end processing ---------------------------------------------------------------------------------------------
+
+# --- evaluation (helper `eval`): metrics live in the subpackage `syncmask_hf.evaluation` ---
+from . import evaluation
+
+# --- end evaluation ---

@@ -1,0 +1,178 @@
+"""Embed a held-out set with any dual encoder that has CLIP's interface and run the retrieval protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .retrieval import retrieval_recall, sample100_recall
+
+
+def _features(output: Any, kind: str) -> torch.Tensor:
+    """The embedding tensor from ``get_*_features``: a tensor, or a ModelOutput (transformers v5 CLIP returns one
+    whose ``pooler_output`` is the projected embedding)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in (f"{kind}_embeds", "pooler_output"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(
+        f"get_{kind}_features returned {type(output).__name__} without a tensor, `{kind}_embeds` or `pooler_output`; "
+        "it must return the (batch, dim) joint-space embeddings."
+    )
+
+
+def _column(batch: Mapping, key: str, n: int) -> list | None:
+    if key not in batch or batch[key] is None:
+        return None
+    value = batch[key]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().reshape(-1).tolist()
+    else:
+        value = list(value)
+    if len(value) != n:
+        raise ValueError(f"batch[{key!r}] has {len(value)} entries for a batch of {n}; pass one per row.")
+    return value
+
+
+@dataclass
+class RetrievalEmbeddings:
+    """Embeddings of a held-out set, one image and one text per row (pairs), with their ids."""
+
+    image_embeds: torch.Tensor
+    text_embeds: torch.Tensor
+    product_ids: np.ndarray
+    text_ids: np.ndarray | None = None
+    subcategories: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.product_ids)
+
+
+class RetrievalEvaluator:
+    """Runs the full-gallery and sample-100 retrieval protocols on a model with CLIP's interface.
+
+    The model needs ``get_image_features(pixel_values=...)`` and ``get_text_features(input_ids=..., attention_mask=...)``
+    returning (batch, dim) joint-space embeddings (a tensor, or a ModelOutput with ``pooler_output``). Batches are
+    dicts with ``pixel_values``, ``input_ids``, ``attention_mask``, ``product_ids`` and optionally ``text_ids``
+    (used to de-duplicate texts) and ``subcategory`` (strings) or ``subcategory_labels`` (ints) for the sample-100
+    negatives.
+
+    Args:
+        model: the dual encoder (put in eval mode while embedding, its mode restored afterwards).
+        device: where batches go (default: the model's parameters' device).
+        show_progress: tqdm bar while embedding.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, show_progress: bool = True):
+        for name in ("get_image_features", "get_text_features"):
+            if not callable(getattr(model, name, None)):
+                raise TypeError(f"{type(model).__name__} has no {name}(); the evaluator needs CLIP's interface.")
+        self.model = model
+        if device is None:
+            param = next(iter(model.parameters()), None)
+            device = param.device if param is not None else "cpu"
+        self.device = torch.device(device)
+        self.show_progress = show_progress
+
+    @torch.no_grad()
+    def extract(self, batches: Iterable[Mapping[str, Any]], desc: str = "Embedding") -> RetrievalEmbeddings:
+        """Embed every batch (images and texts), under ``torch.no_grad()``; returns CPU float32 embeddings."""
+        images, texts, pids, tids, subs = [], [], [], [], []
+        has_tids = has_subs = None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            total = len(batches) if hasattr(batches, "__len__") else None
+            for i, batch in enumerate(tqdm(batches, desc=desc, total=total, disable=not self.show_progress)):
+                for key in ("pixel_values", "input_ids", "attention_mask", "product_ids"):
+                    if key not in batch:
+                        raise KeyError(
+                            f"batch {i} has no {key!r}; batches need pixel_values, input_ids, "
+                            "attention_mask and product_ids."
+                        )
+                n = batch["pixel_values"].shape[0]
+                if batch["input_ids"].shape[0] != n:
+                    raise ValueError(f"batch {i}: {n} images but {batch['input_ids'].shape[0]} texts; pass pairs.")
+                img = self.model.get_image_features(pixel_values=batch["pixel_values"].to(self.device))
+                txt = self.model.get_text_features(
+                    input_ids=batch["input_ids"].to(self.device),
+                    attention_mask=batch["attention_mask"].to(self.device),
+                )
+                images.append(_features(img, "image").float().cpu())
+                texts.append(_features(txt, "text").float().cpu())
+                pids.extend(_column(batch, "product_ids", n))
+                t = _column(batch, "text_ids", n)
+                s = _column(batch, "subcategory", n)
+                if s is None:
+                    s = _column(batch, "subcategory_labels", n)
+                if has_tids is None:
+                    has_tids, has_subs = t is not None, s is not None
+                if (t is not None) != has_tids or (s is not None) != has_subs:
+                    raise ValueError(f"batch {i}: text_ids / subcategory present in some batches but not others.")
+                tids.extend(t or [])
+                subs.extend(s or [])
+        finally:
+            self.model.train(was_training)
+        if not images:
+            raise ValueError("no batches: the evaluation set is empty.")
+        return RetrievalEmbeddings(
+            image_embeds=torch.cat(images),
+            text_embeds=torch.cat(texts),
+            product_ids=np.asarray(pids, dtype=object if isinstance(pids[0], str) else np.int64),
+            text_ids=np.asarray(tids) if has_tids else None,
+            subcategories=np.asarray(subs, dtype=object) if has_subs else None,
+        )
+
+    def evaluate(
+        self,
+        batches: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        embeddings: RetrievalEmbeddings | None = None,
+        protocols: Sequence[str] = ("full", "sample100"),
+        ks: Sequence[int] = (1, 5, 10),
+        full_kwargs: Mapping[str, Any] | None = None,
+        sample100_kwargs: Mapping[str, Any] | None = None,
+    ) -> dict[str, dict[str, float]]:
+        """Embed ``batches`` (or reuse ``embeddings``) and run the protocols.
+
+        Args:
+            protocols: any of ``"full"`` (:func:`retrieval_recall`) and ``"sample100"`` (:func:`sample100_recall`).
+            full_kwargs, sample100_kwargs: extra keyword arguments of those functions (e.g. ``rerank_t2i``,
+                ``num_queries``, ``seed``).
+
+        Returns:
+            ``{"full": {...}, "sample100": {...}}``, ready for :func:`format_results_markdown` / :func:`save_results`.
+        """
+        unknown = set(protocols) - {"full", "sample100"}
+        if unknown:
+            raise ValueError(f"unknown protocols {sorted(unknown)}; choose from 'full' and 'sample100'.")
+        if embeddings is None:
+            if batches is None:
+                raise ValueError("pass batches to embed, or precomputed embeddings=.")
+            embeddings = self.extract(batches)
+        e = embeddings
+        common = dict(text_ids=e.text_ids)
+        results: dict[str, dict[str, float]] = {}
+        if "full" in protocols:
+            results["full"] = retrieval_recall(
+                e.image_embeds, e.text_embeds, e.product_ids, e.product_ids, ks, **common, **(full_kwargs or {})
+            )
+        if "sample100" in protocols:
+            results["sample100"] = sample100_recall(
+                e.image_embeds,
+                e.text_embeds,
+                e.product_ids,
+                e.product_ids,
+                ks,
+                image_subcategories=e.subcategories,
+                **common,
+                **(sample100_kwargs or {}),
+            )
+        return results
