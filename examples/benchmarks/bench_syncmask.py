@@ -9,8 +9,8 @@ unimodal encoders run anyway for distillation; synchronized masks add one no-gra
 
 Peak memory of a step: on CUDA `torch.cuda.max_memory_allocated` (reset before the step). On CPU torch's allocator
 is invisible to tracemalloc, so each strategy runs in a fresh child process and reports the rise of the process's
-peak resident set size (`resource.getrusage(...).ru_maxrss`) over its RSS just before its first step: that step's
-peak working memory above the model (activations, gradients, and AdamW's state, the same for both strategies).
+resident set size, sampled every millisecond by a thread during its first step, over its RSS just before: that
+step's peak working memory above the model (activations, gradients, and AdamW's state, the same for both).
 
 Throughput: images/s of `get_image_features` and texts/s of `get_text_features`, medians of repeats. BLIP is
 configured with the same vision tower and a text encoder as deep as SyncMask's whole BERT stack
@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
+import threading
 import time
 
 import torch
@@ -105,6 +105,8 @@ def bench_steps(size: str, repeats: int, device) -> dict[str, list[float]]:
 
 def _memory_child(size: str, strategy: str, device_name: str, queue) -> None:
     device = torch.device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     model = SyncMaskForPreTraining(make_config(size, strategy)).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -117,12 +119,29 @@ def _memory_child(size: str, strategy: str, device_name: str, queue) -> None:
         torch.cuda.synchronize()
         queue.put(torch.cuda.max_memory_allocated() / 2**20)
         return
-    # CPU: ru_maxrss is the process's lifetime peak, so measure the FIRST step (the highest point so far), from the
-    # RSS just before it; this includes creating AdamW's state (the same for both strategies).
-    with open("/proc/self/statm") as f:
-        rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    # CPU: a thread samples this process's resident set size every millisecond during the FIRST step and reports
+    # its peak above the RSS just before (a fresh process, so freed-but-retained heap from earlier steps cannot hide
+    # the rise). This includes creating AdamW's state, the same for both strategies.
+    stop = threading.Event()
+    peak = [_rss_mib()]
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.001)
+
+    before = _rss_mib()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     train_step(model, optimizer, batch)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before)
+    stop.set()
+    sampler.join()
+    queue.put(max(peak[0], _rss_mib()) - before)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def bench_memory(size: str, device) -> dict[str, float]:
@@ -196,8 +215,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 = steadier on a shared machine)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     vh, vl, img, patch, th, tl, fl, heads, b, length = SIZES[args.size]
     print(
         f"size={args.size}: ViT {vl}x{vh} @ {img}px/{patch}, BERT {tl} text + {fl} fusion x{th}, batch {b}, "

@@ -376,6 +376,8 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         model = super().from_pretrained(*args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
+        loaded.teacher.requires_grad_(False)  # loading re-creates parameters; the teacher stays frozen
+        loaded.teacher.eval()
         if not loaded.config.save_teacher:
             loaded.sync_teacher()
         return model
