@@ -305,6 +305,17 @@ def test_grouped_sampler_every_item_once_and_no_same_product_negatives():
     purity = np.mean([max(np.unique([groups[i] for i in b], return_counts=True)[1]) / len(b) for b in sampler])
     assert purity > 0.6
     _check_sampler_epoch(product_ids, text_ids, 8, 1, embeddings=rng.standard_normal((101, 5)))
+    # as a torch DataLoader batch_sampler, and under Accelerate's own sharding (all_ranks=True)
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(list(range(101)), batch_sampler=sampler)
+    assert sorted(int(i) for b in loader for i in b) == list(range(101))
+    common = dict(group_keys=groups, text_ids=text_ids, num_replicas=2, seed=3, drop_last=True)
+    everyone = GroupedSemiHardBatchSampler(product_ids, 4, all_ranks=True, **common)
+    for rank in range(2):
+        own = GroupedSemiHardBatchSampler(product_ids, 4, rank=rank, **common)
+        assert [list(b) for b in BatchSamplerShard(everyone, 2, rank)] == list(own)
     # a new epoch gives a new order
     sampler.set_epoch(0)
     first = list(sampler)

@@ -13,6 +13,12 @@ Distributed: batches are built as *global* batches of `batch_size * num_replicas
 ranks, so the negatives that matter are the global ones) and each rank takes its own contiguous share; all ranks
 build the same global batches from `seed + epoch`. With `drop_last=False` the last partial global batch is split as
 evenly as possible (shares may differ by one item; use `drop_last=True` for equal shapes under all_gather).
+
+With Accelerate, which shards a DataLoader's `batch_sampler` itself (process i takes batches i, i+n, ...), build the
+sampler with `num_replicas=accelerator.num_processes, all_ranks=True, drop_last=True` (Accelerate reshapes a
+partial last batch): it then yields every rank's share of each global batch in rank order, so Accelerate's
+sharding hands each process exactly its share. With a plain torch
+DataLoader per process, pass `rank` (default: torch.distributed's) and leave `all_ranks=False`.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
         shuffle: reshuffle groups and items every epoch (call `set_epoch`).
         seed: base seed shared by all ranks.
         drop_last: drop the last incomplete global batch.
+        all_ranks: yield all ranks' shares in rank order (for Accelerate's own sharding; see the module docstring).
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        all_ranks: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -100,6 +108,7 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.all_ranks = all_ranks
         self.epoch = 0
         self.duplicate_group = _duplicate_groups(product_ids, text_ids)
         self.group_keys = (
@@ -178,7 +187,14 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
         return per_rank
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._rank_batches()[self.rank]
+        per_rank = self._rank_batches()
+        if self.all_ranks:
+            for step in range(len(per_rank[0])):
+                for share in per_rank:
+                    yield share[step]
+        else:
+            yield from per_rank[self.rank]
 
     def __len__(self) -> int:
-        return len(self._rank_batches()[self.rank])
+        per_rank = self._rank_batches()
+        return len(per_rank[0]) * (self.num_replicas if self.all_ranks else 1)
