@@ -46,3 +46,41 @@ _register_fashion_processor()
 from . import evaluation
 
 # --- end evaluation ---
+# --- SyncMask (issue 3) -------------------------------------------------------------------------------------------
+_SYNCMASK_MODEL_TYPE = "syncmask"
+
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+from .configuration_syncmask import SyncMaskConfig
+from .masking import synchronized_masks, synchronized_scores
+from .modeling_syncmask import (
+    SyncMaskForImageTextRetrieval,
+    SyncMaskForPreTraining,
+    SyncMaskForProductClassification,
+    SyncMaskForTextGuidedImageRetrieval,
+    SyncMaskModel,
+    SyncMaskPreTrainedModel,
+)
+from .sampling import GroupedSemiHardBatchSampler
+
+AutoConfig.register(_SYNCMASK_MODEL_TYPE, SyncMaskConfig, exist_ok=True)
+AutoModel.register(SyncMaskConfig, SyncMaskModel, exist_ok=True)
+AutoModelForPreTraining.register(SyncMaskConfig, SyncMaskForPreTraining, exist_ok=True)
+
+# Public names (lead: merge the blocks' lists into one __all__).
+__all__ = [
+    "__version__",
+    "minilm_path",
+    "resolve_pretrained",
+    "SyncMaskConfig",
+    "SyncMaskPreTrainedModel",
+    "SyncMaskModel",
+    "SyncMaskForPreTraining",
+    "SyncMaskForImageTextRetrieval",
+    "SyncMaskForTextGuidedImageRetrieval",
+    "SyncMaskForProductClassification",
+    "GroupedSemiHardBatchSampler",
+    "synchronized_masks",
+    "synchronized_scores",
+]
+# --- end SyncMask -------------------------------------------------------------------------------------------------

@@ -95,3 +95,59 @@ def block_mask(
             m = flat.view(grid, grid)
         masks[b] = m.flatten()
     return masks.to(device) if device is not None else masks
+
+
+def synchronized_scores(
+    cross_attentions: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...],
+    text_eligible: torch.Tensor,
+    patch_eligible: torch.Tensor | None = None,
+    num_prefix_tokens: int = 1,
+    token_topk: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SyncMask's scores of every text token and image patch from text->image cross-attention.
+
+    `cross_attentions`: one tensor or a sequence (one per fusion layer read) of shape (B, heads, L, P0 + P) where
+    the first `num_prefix_tokens` image positions (ViT's [CLS]) are not patches. Attention is averaged over layers
+    and heads, giving A (B, L, P). Then
+      - token score[t] = sum of A[t, p] over the `token_topk` patches token t attends to most (k=1: its peak
+        attention): a token scores high when it looks strongly at a specific region;
+      - patch score[p] = sum over eligible tokens t of A[t, p]: how much the text as a whole looks at the patch.
+    Ineligible tokens (special / padding) and patches get -inf. Returns `(token_scores (B, L), patch_scores (B, P))`.
+    """
+    if isinstance(cross_attentions, torch.Tensor):
+        cross_attentions = [cross_attentions]
+    attn = torch.stack([a.float() for a in cross_attentions]).mean(dim=(0, 2))[..., num_prefix_tokens:]
+    if patch_eligible is None:
+        patch_eligible = torch.ones(attn.shape[0], attn.shape[2], dtype=torch.bool, device=attn.device)
+    attn = attn * patch_eligible.unsqueeze(1)
+    k = min(token_topk, attn.shape[-1])
+    token_scores = attn.topk(k, dim=-1).values.sum(dim=-1).masked_fill(~text_eligible, float("-inf"))
+    patch_scores = (attn * text_eligible.unsqueeze(-1)).sum(dim=1).masked_fill(~patch_eligible, float("-inf"))
+    return token_scores, patch_scores
+
+
+def synchronized_masks(
+    cross_attentions: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...],
+    text_eligible: torch.Tensor,
+    patch_eligible: torch.Tensor | None = None,
+    mlm_ratio: float = 0.15,
+    mim_ratio: float = 0.25,
+    num_prefix_tokens: int = 1,
+    token_topk: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SyncMask (CVPR 2024): mask the text tokens and image patches that attend most strongly to each other.
+
+    The teacher is run on the UNMASKED pair; its cross-attention gives the scores of `synchronized_scores`. The
+    top-scored eligible tokens (never special tokens or padding) are masked for MLM (with the unmasked image) and the
+    top-scored patches for MIM (with the unmasked text); the counts are `num_to_mask(eligible, ratio)`, exactly those
+    of `random_mask`, so the random baseline differs only in which positions are chosen.
+    Returns `(token_mask (B, L), patch_mask (B, P), token_scores, patch_scores)`.
+    """
+    token_scores, patch_scores = synchronized_scores(
+        cross_attentions, text_eligible, patch_eligible, num_prefix_tokens, token_topk
+    )
+    if patch_eligible is None:
+        patch_eligible = torch.ones_like(patch_scores, dtype=torch.bool)
+    token_mask = top_scored_mask(token_scores, text_eligible, mlm_ratio)
+    patch_mask = top_scored_mask(patch_scores, patch_eligible, mim_ratio)
+    return token_mask, patch_mask, token_scores, patch_scores

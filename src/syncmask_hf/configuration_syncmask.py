@@ -1,0 +1,174 @@
+"""SyncMask configuration (CVPR 2024, arXiv 2404.01156) on ALBEF's architecture.
+
+A ViT image encoder, a BERT text encoder whose first `num_text_layers` layers are text-only and whose last
+`num_fusion_layers` layers add cross-attention to the image tokens (ALBEF: 6 + 6 of BERT-base), a momentum teacher
+and the four objectives ITC + ITM + MLM + MIM with SyncMask's synchronized masks.
+
+Where the paper is silent (REFERENCE.md marks it "unverified") the choice is a field here, named below:
+`sync_attention_layers`, `sync_token_topk`, `mlm_ratio`, `mim_ratio`, `mim_target`, `near_duplicate_threshold`.
+
+Copied beside the modeling file for remote code: imports only transformers.
+"""
+
+from __future__ import annotations
+
+from transformers import BertConfig, PreTrainedConfig, ViTConfig
+
+MASKING_STRATEGIES = ("synchronized", "random")
+MIM_TARGETS = ("pixels", "teacher_features")
+
+
+class SyncMaskConfig(PreTrainedConfig):
+    r"""
+    vision_config (`dict` or `ViTConfig`): the image encoder (ViT-B/16 by default).
+    text_config (`dict` or `BertConfig`): the text + fusion stack (BERT-base by default). Its `num_hidden_layers` is
+        kept equal to `num_text_layers + num_fusion_layers` (set here), so it describes the whole BERT stack whose
+        layers initialise both parts.
+    num_text_layers (`int`, 6): text-only BERT layers.
+    num_fusion_layers (`int`, 6): BERT layers with cross-attention to the image tokens (ALBEF's multimodal encoder).
+    embed_dim (`int`, 256): joint space of ITC.
+    temp (`float`, 0.07): initial learnable temperature of ITC, clamped to [`temp_min`, `temp_max`] (ALBEF).
+    momentum (`float`, 0.995): EMA factor of the teacher (see `SyncMaskForPreTraining.update_teacher`).
+    queue_size (`int`, 65536): feature queue length for ITC (0 disables the queue).
+    alpha (`float`, 0.4): weight of the teacher's soft targets in ITC (momentum distillation).
+    alpha_warmup_steps (`int`, 0): ramp alpha linearly from 0 over this many teacher updates (ALBEF ramps over the
+        first epoch: set it to the steps of one epoch; 0 = no ramp).
+    masking_strategy (`str`, "synchronized"): "synchronized" = SyncMask's masks from the teacher's cross-attention;
+        "random" = the baseline masking the same number of positions chosen uniformly (the paper's ablation).
+    mlm_ratio (`float`, 0.15): fraction of eligible text tokens masked for MLM (BERT/ALBEF default; unverified).
+    mim_ratio (`float`, 0.25): fraction of image patches masked for MIM (unverified; our choice).
+    mim_target (`str`, "pixels"): what MIM reconstructs at masked patches. "pixels" (our default: the patch's pixels,
+        normalised per patch as in MAE when `mim_norm_pix`) needs nothing beyond the image; "teacher_features"
+        regresses the teacher's (layer-normalised) ViT output on the unmasked image, which is computed for ITC anyway.
+    mim_norm_pix (`bool`, True): normalise each target patch by its own mean/std (MAE's norm_pix_loss).
+    mim_decoder_layers (`int`, 1): BERT layers in the MIM decoder (masked image tokens cross-attend to the fused text).
+    sync_attention_layers (`int`, 2): the teacher's cross-attention is averaged over heads and over the LAST this many
+        fusion layers (unverified; our choice).
+    sync_token_topk (`int`, 1): a token's score is the attention mass it puts on its `k` most attended patches
+        (k=1: its peak attention). A patch's score is the attention it receives from all eligible text tokens.
+    itc_weight, itm_weight, mlm_weight, mim_weight (`float`, 1.0): loss weights.
+    near_duplicate_threshold (`float` or None, 0.9): texts whose teacher embeddings have cosine >= this are
+        near-duplicates and never used as each other's ITM negatives (None: only same product / identical text).
+    itm_rerank_k (`int`, 16): candidates ITC retrieves per query before ITM re-ranking in the retrieval head.
+    num_categories, num_subcategories (`int`, 0): classes of the product classification head.
+    save_teacher (`bool`, False): also write the momentum teacher in `save_pretrained` (to resume pretraining from a
+        Hub copy); otherwise the teacher is rebuilt as a copy of the student on load.
+    special_token_ids (`list[int]`): never masked ([PAD], [CLS], [SEP], [MASK] of the BERT vocab).
+    mask_token_id (`int`, 103): BERT's [MASK].
+    vision_pretrained, text_pretrained (`str` or None): names or folders of the checkpoints the encoders were (or
+        should be) initialised from (see `SyncMaskForPreTraining.from_encoders`); informational once weights exist.
+    """
+
+    model_type = "syncmask"
+    sub_configs_defaults = {"vision_config": ViTConfig, "text_config": BertConfig}
+
+    vision_config: dict | ViTConfig | None = None
+    text_config: dict | BertConfig | None = None
+    num_text_layers: int = 6
+    num_fusion_layers: int = 6
+    embed_dim: int = 256
+    temp: float = 0.07
+    temp_min: float = 0.001
+    temp_max: float = 0.5
+    momentum: float = 0.995
+    queue_size: int = 65536
+    alpha: float = 0.4
+    alpha_warmup_steps: int = 0
+    masking_strategy: str = "synchronized"
+    mlm_ratio: float = 0.15
+    mim_ratio: float = 0.25
+    mim_target: str = "pixels"
+    mim_norm_pix: bool = True
+    mim_decoder_layers: int = 1
+    sync_attention_layers: int = 2
+    sync_token_topk: int = 1
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    mim_weight: float = 1.0
+    near_duplicate_threshold: float | None = 0.9
+    itm_rerank_k: int = 16
+    num_categories: int = 0
+    num_subcategories: int = 0
+    save_teacher: bool = False
+    special_token_ids: list[int] | None = None
+    mask_token_id: int = 103
+    vision_pretrained: str | None = None
+    text_pretrained: str | None = None
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.special_token_ids is None:
+            self.special_token_ids = [0, 101, 102, 103]
+        self.text_config.num_hidden_layers = self.num_text_layers + self.num_fusion_layers
+        self._validate_syncmask()
+
+    def _validate_syncmask(self) -> None:
+        def fail(field: str, value, fix: str):
+            raise ValueError(f"SyncMaskConfig.{field}={value!r} is invalid: {fix}")
+
+        if self.masking_strategy not in MASKING_STRATEGIES:
+            fail("masking_strategy", self.masking_strategy, f"use one of {MASKING_STRATEGIES}")
+        if self.mim_target not in MIM_TARGETS:
+            fail("mim_target", self.mim_target, f"use one of {MIM_TARGETS}")
+        for name in ("num_text_layers", "num_fusion_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                fail(name, value, "use a positive integer number of layers")
+        for name in ("mlm_ratio", "mim_ratio"):
+            value = getattr(self, name)
+            if not 0.0 < float(value) < 1.0:
+                fail(name, value, "use a fraction strictly between 0 and 1")
+        if not 0.0 <= float(self.momentum) <= 1.0:
+            fail("momentum", self.momentum, "use an EMA factor in [0, 1] (ALBEF: 0.995)")
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            fail("alpha", self.alpha, "use a distillation weight in [0, 1] (ALBEF: 0.4)")
+        if not 0.0 < float(self.temp_min) <= float(self.temp) <= float(self.temp_max):
+            fail("temp", self.temp, f"use 0 < temp_min <= temp <= temp_max (got {self.temp_min}..{self.temp_max})")
+        for name in ("queue_size", "alpha_warmup_steps", "num_categories", "num_subcategories"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                fail(name, value, "use a non-negative integer")
+        for name in ("embed_dim", "mim_decoder_layers", "sync_token_topk", "itm_rerank_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                fail(name, value, "use a positive integer")
+        if not 1 <= self.sync_attention_layers <= self.num_fusion_layers:
+            fail(
+                "sync_attention_layers",
+                self.sync_attention_layers,
+                f"read between 1 and num_fusion_layers={self.num_fusion_layers} of the last fusion layers",
+            )
+        for name in ("itc_weight", "itm_weight", "mlm_weight", "mim_weight"):
+            if float(getattr(self, name)) < 0:
+                fail(name, getattr(self, name), "loss weights must be >= 0")
+        if self.near_duplicate_threshold is not None and not -1.0 <= float(self.near_duplicate_threshold) <= 1.0:
+            fail(
+                "near_duplicate_threshold", self.near_duplicate_threshold, "use a cosine similarity in [-1, 1] or None"
+            )
+        if self.queue_size and self.queue_size < 0:
+            fail("queue_size", self.queue_size, "use 0 (no queue) or a positive size")
+        text_hidden, text_heads = self.text_config.hidden_size, self.text_config.num_attention_heads
+        if text_hidden % text_heads:
+            fail("text_config.hidden_size", text_hidden, f"must be divisible by num_attention_heads={text_heads}")
+        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
+        image_size = image_size if isinstance(image_size, int) else image_size[0]
+        patch_size = patch_size if isinstance(patch_size, int) else patch_size[0]
+        if image_size % patch_size:
+            fail("vision_config.image_size", image_size, f"must be a multiple of patch_size={patch_size}")
+        if not 0 <= self.mask_token_id < self.text_config.vocab_size:
+            fail(
+                "mask_token_id", self.mask_token_id, f"must be inside the vocabulary (< {self.text_config.vocab_size})"
+            )
+
+    @property
+    def num_patches(self) -> int:
+        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
+        image_size = image_size if isinstance(image_size, int) else image_size[0]
+        patch_size = patch_size if isinstance(patch_size, int) else patch_size[0]
+        return (image_size // patch_size) ** 2
+
+
+__all__ = ["SyncMaskConfig"]
