@@ -61,7 +61,7 @@ from .modeling_syncmask import (
     SyncMaskModel,
     SyncMaskPreTrainedModel,
 )
-from .sampling import GroupedSemiHardBatchSampler
+from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
 
 AutoConfig.register(_SYNCMASK_MODEL_TYPE, SyncMaskConfig, exist_ok=True)
 AutoModel.register(SyncMaskConfig, SyncMaskModel, exist_ok=True)

@@ -198,3 +198,12 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         per_rank = self._rank_batches()
         return len(per_rank[0]) * (self.num_replicas if self.all_ranks else 1)
+
+
+class RandomBatchSampler(GroupedSemiHardBatchSampler):
+    """The plain baseline of the SyncMask ablation ("semi-hard vs plain batches"): uniformly shuffled global batches,
+    same-product items free to meet. Same distributed scheme, `set_epoch` and arguments as the grouped sampler
+    (with every item its own group nothing is deferred, so the batches are plain cuts of a seeded permutation)."""
+
+    def __init__(self, num_items: int, batch_size: int, **kwargs):
+        super().__init__(list(range(num_items)), batch_size, **kwargs)
