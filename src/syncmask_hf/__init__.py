@@ -6,3 +6,9 @@ Importing the package registers every model with transformers' Auto classes.
 __version__ = "0.1.0"
 
 from .pretrained import minilm_path, resolve_pretrained  # noqa: E402
+
+# --- data (catalogue data layer) ---------------------------------------------------------------------------------
+from . import data  # noqa: E402
+from .data import CATALOG_FEATURES, load_catalog, load_fashioniq, product_disjoint_split, stable_id  # noqa: E402,F401
+
+# --- end data ------------------------------------------------------------------------------------------------------
