@@ -1,0 +1,73 @@
+"""Small helpers shared by the loaders: bad-item handling, image checks, gender normalisation."""
+
+from __future__ import annotations
+
+import os
+
+from .schema import BadItemError, LoadReport
+
+_GENDER = {
+    "men": "men",
+    "man": "men",
+    "mens": "men",
+    "male": "men",
+    "women": "women",
+    "woman": "women",
+    "womens": "women",
+    "female": "women",
+    "ladies": "women",
+    "unisex": "unisex",
+    "boys": "boys",
+    "boy": "boys",
+    "girls": "girls",
+    "girl": "girls",
+    "kids": "kids",
+    "baby": "kids",
+}
+
+
+def normalize_gender(value: str) -> str:
+    """Map a source's gender label to one vocabulary: men, women, unisex, boys, girls, kids ("" when unknown).
+
+    Labels outside the vocabulary are kept lower-cased rather than dropped.
+    """
+    v = (value or "").strip().lower()
+    if v in ("", "na", "n/a", "none", "unknown", "nan"):
+        return ""
+    return _GENDER.get(v, v)
+
+
+def clean(value) -> str:
+    """A source value as a stripped string; None / NaN / "NA" / "Unknown" become "" (the schema's unknown)."""
+    if value is None:
+        return ""
+    s = str(value).strip()
+    return "" if s.lower() in ("nan", "na", "none", "unknown", "null") else s
+
+
+def bad_item(report: LoadReport, skip_bad: bool, item: str, kind: str, message: str) -> None:
+    """Raise a `BadItemError` naming ``item``, or (``skip_bad=True``) record a counted skip in ``report``."""
+    if not skip_bad:
+        raise BadItemError(
+            f"{item}: {message} (or pass skip_bad=True to skip such items; skips are counted and reported)"
+        )
+    report.skip(item, kind, message)
+
+
+def check_image(path: str, verify: bool) -> tuple[str, str] | None:
+    """``None`` when the image file is usable, else ``(kind, message)`` naming the problem and the fix.
+
+    Existence is always checked (one stat per item); with ``verify`` the file is also opened and its encoded data
+    checked by PIL (catches truncated / corrupt files at load time rather than in the middle of training).
+    """
+    if not os.path.isfile(path):
+        return "missing_image", f"image file {path} does not exist; restore it or remove the row"
+    if verify:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except Exception as err:  # noqa: BLE001 - any decoder failure means the same thing here
+            return "corrupt_image", f"image file {path} cannot be decoded ({type(err).__name__}: {err}); replace it"
+    return None

@@ -1,0 +1,279 @@
+"""`load_catalog`: one entry point for every catalogue source, all returning the `CATALOG_FEATURES` schema."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from urllib.parse import parse_qs
+
+import datasets
+
+from ._common import bad_item, check_image, clean, normalize_gender
+from .fashiongen import load_fashiongen
+from .kaggle import load_hm, load_myntra
+from .schema import CATALOG_COLUMNS, CATALOG_FEATURES, STRING_COLUMNS, BadItemError, LoadReport, empty_row
+from .synthetic import load_synthetic
+
+__all__ = ["KNOWN_SOURCES", "load_catalog", "load_folder", "load_hub", "parse_synthetic_spec"]
+
+#: source prefix -> what it expects (shown in the error for an unknown source)
+KNOWN_SOURCES = {
+    "hm": "hm:/path/to/folder with articles.csv and images/NNN/<article_id>.jpg",
+    "myntra": "myntra:/path/to/folder with styles.csv and images/<id>.jpg",
+    "fashiongen": "fashiongen:/path/to/fashiongen_256_256_<split>.h5 (or its folder + split=)",
+    "folder": "folder:/path/to/imagefolder with metadata.csv or metadata.jsonl (file_name column)",
+    "hub": "hub:owner/name (any datasets.load_dataset path) + columns={schema column: dataset column}",
+    "synthetic": "synthetic or synthetic:N?seed=S&size=PX&views=V (procedurally drawn catalogue)",
+}
+
+
+def parse_synthetic_spec(spec: str) -> dict:
+    """``"2000?seed=3&size=64&views=2"`` -> ``{"num_items": 2000, "seed": 3, "image_size": 64, "max_views": 2}``.
+
+    Every part is optional (``"synthetic"`` alone gives 2,000 items, seed 0, 96 px, up to 3 views).
+    """
+    count, _, query = spec.partition("?")
+    out = {}
+    if count.strip():
+        if not count.strip().isdigit():
+            raise ValueError(f"synthetic:{spec}: the item count must be an integer, e.g. synthetic:2000?seed=0")
+        out["num_items"] = int(count)
+    names = {"seed": "seed", "size": "image_size", "image_size": "image_size", "views": "max_views"}
+    for key, values in parse_qs(query, strict_parsing=bool(query)).items():
+        if key not in names:
+            raise ValueError(f"synthetic:{spec}: unknown option {key!r}; known: seed, size, views")
+        out[names[key]] = int(values[-1])
+    return out
+
+
+def _finish(ds, report: LoadReport, return_report: bool, streaming: bool):
+    report.log()
+    if streaming and isinstance(ds, datasets.Dataset):
+        ds = ds.to_iterable_dataset()
+    return (ds, report) if return_report else ds
+
+
+def load_catalog(
+    source: str,
+    split: str | None = None,
+    *,
+    streaming: bool = False,
+    skip_bad: bool = False,
+    verify_images: bool = False,
+    return_report: bool = False,
+    columns: dict[str, str] | None = None,
+    cache_dir: str | None = None,
+    **kwargs,
+):
+    """Load a fashion catalogue as a `datasets.Dataset` (``IterableDataset`` with ``streaming=True``).
+
+    ``source`` is ``"<kind>:<location>"``, one of (see `KNOWN_SOURCES`):
+
+    - ``"hm:/path"`` -- H&M Kaggle articles (`load_hm`), ``"myntra:/path"`` -- Myntra Kaggle styles (`load_myntra`);
+    - ``"fashiongen:/path/file.h5"`` or ``"fashiongen:/dir"`` with ``split="train"|"validation"``
+      (`load_fashiongen`; extra kwargs: ``text_field``, ``chunk_size``, ``num_proc``);
+    - ``"folder:/path"`` -- an image folder with ``metadata.csv``/``metadata.jsonl`` (`load_folder`);
+    - ``"hub:owner/name"`` -- `datasets.load_dataset` + ``columns`` mapping (`load_hub`; extra kwargs go to
+      ``load_dataset``);
+    - ``"synthetic"`` / ``"synthetic:N?seed=S&size=PX&views=V"`` -- the drawn catalogue (`load_synthetic`; kwargs
+      ``num_items``, ``seed``, ``image_size``, ``max_views`` also accepted).
+
+    Every result has the columns of `CATALOG_FEATURES` (strings are "" when the source does not know them).
+    Bad items (missing image; corrupt image with ``verify_images=True``; unreadable row) raise `BadItemError` naming
+    the item and the fix; with ``skip_bad=True`` they are skipped, counted and reported at the end (logged warning;
+    the `LoadReport` is returned too with ``return_report=True``). H&M/Myntra/folder catalogues are split-less:
+    use `product_disjoint_split`.
+    """
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"source must be a string like 'hm:/path'; known kinds: {sorted(KNOWN_SOURCES)}")
+    kind, _, location = source.partition(":")
+    kind = kind.strip().lower()
+    if kind not in KNOWN_SOURCES:
+        known = "\n  ".join(KNOWN_SOURCES.values())
+        raise ValueError(f"unknown catalogue source {source!r} (kind {kind!r}); known sources:\n  {known}")
+    if kind != "synthetic" and not location:
+        raise ValueError(f"{source!r}: missing location; expected {KNOWN_SOURCES[kind]}")
+    report = LoadReport(source)
+    if kind in ("hm", "myntra", "synthetic") and split not in (None, "train", "all"):
+        raise ValueError(
+            f"{source!r} has no predefined {split!r} split; load it whole and use product_disjoint_split(ds, ...)"
+        )
+    if kind == "hm":
+        ds = load_hm(location, skip_bad=skip_bad, verify_images=verify_images, report=report)
+    elif kind == "myntra":
+        ds = load_myntra(location, skip_bad=skip_bad, verify_images=verify_images, report=report)
+    elif kind == "fashiongen":
+        ds = load_fashiongen(location, split, streaming=streaming, cache_dir=cache_dir, report=report, **kwargs)
+    elif kind == "folder":
+        ds = load_folder(
+            location, split, columns=columns, skip_bad=skip_bad, verify_images=verify_images, report=report
+        )
+    elif kind == "hub":
+        ds = load_hub(location, split, columns=columns, streaming=streaming, cache_dir=cache_dir, **kwargs)
+    else:
+        opts = {**parse_synthetic_spec(location), **kwargs}
+        ds = load_synthetic(**opts, streaming=streaming)
+        report.rows_read = report.rows_kept = opts.get("num_items", 2000)
+    return _finish(ds, report, return_report, streaming)
+
+
+# ------------------------------------------------------------------------------------------------- image folder
+def _metadata_file(folder: str) -> str | None:
+    for name in ("metadata.jsonl", "metadata.csv"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _read_metadata(path: str, report: LoadReport, skip_bad: bool):
+    """Yield ``(line_no, record)`` from a metadata.csv / metadata.jsonl; unreadable lines are bad items."""
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                report.rows_read += 1
+                try:
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as err:
+                    bad_item(report, skip_bad, f"{path} line {line_no}", "bad_row", f"unreadable JSON ({err})")
+                    continue
+                yield line_no, rec
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for line_no, rec in enumerate(reader, start=2):
+                report.rows_read += 1
+                if None in rec or None in rec.values():
+                    bad_item(report, skip_bad, f"{path} line {line_no}", "bad_row", "wrong number of fields")
+                    continue
+                yield line_no, rec
+
+
+def _map_record(rec: dict, columns: dict[str, str], source: str) -> dict:
+    row = empty_row()
+    for name in STRING_COLUMNS:
+        col = columns.get(name, name)
+        if col in rec:
+            value = rec[col]
+            row[name] = normalize_gender(clean(value)) if name == "gender" else clean(value)
+    return row
+
+
+def _check_columns(columns: dict[str, str] | None) -> dict[str, str]:
+    columns = dict(columns or {})
+    unknown = sorted(set(columns) - set(CATALOG_COLUMNS))
+    if unknown:
+        raise ValueError(
+            f"columns maps schema names to source columns; unknown schema names {unknown}, "
+            f"known: {list(CATALOG_COLUMNS)}"
+        )
+    return columns
+
+
+def load_folder(
+    root: str,
+    split: str | None = None,
+    *,
+    columns: dict[str, str] | None = None,
+    skip_bad: bool = False,
+    verify_images: bool = False,
+    report: LoadReport | None = None,
+) -> datasets.Dataset:
+    """An image folder in the `datasets` imagefolder convention: ``metadata.jsonl`` or ``metadata.csv`` with a
+    ``file_name`` column (path relative to the metadata file) and the other columns as attributes.
+
+    ``split`` selects ``root/<split>/metadata.*`` when present. Columns named like the schema are used as-is;
+    ``columns={"text": "caption", "product_id": "sku"}`` maps others (schema name -> source column; ``"image"``
+    maps the file-name column). item_id defaults to the file name, product_id to item_id (each image its own
+    product). A file without text raises, naming the columns it has. Missing (or corrupt, with ``verify_images``)
+    images and unreadable lines raise `BadItemError` or are skipped and counted with ``skip_bad=True``.
+    """
+    columns = _check_columns(columns)
+    report = report if report is not None else LoadReport(f"folder:{root}")
+    folder = os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root
+    if split and folder == root:
+        raise FileNotFoundError(
+            f"{root}: no {split!r} sub-folder; omit split= or create {root}/{split}/metadata.jsonl"
+        )
+    meta = _metadata_file(folder)
+    if meta is None:
+        raise FileNotFoundError(
+            f"{folder}: no metadata.jsonl or metadata.csv; write one with a file_name column (datasets imagefolder "
+            f"convention) and a text column"
+        )
+    file_col = columns.get("image", "file_name")
+    rows = []
+    for line_no, rec in _read_metadata(meta, report, skip_bad):
+        item = f"{meta} line {line_no}"
+        if file_col not in rec or not clean(rec[file_col]):
+            bad_item(report, skip_bad, item, "bad_row", f"no {file_col!r} value (columns: {sorted(rec)})")
+            continue
+        text_col = columns.get("text", "text")
+        if text_col not in rec:
+            raise BadItemError(
+                f"{item}: no text column {text_col!r} (columns: {sorted(rec)}); pass columns={{'text': '<column>'}}"
+            )
+        img = os.path.join(folder, clean(rec[file_col]))
+        problem = check_image(img, verify_images)
+        if problem:
+            bad_item(report, skip_bad, f"{item} ({rec[file_col]})", *problem)
+            continue
+        row = _map_record(rec, columns, meta)
+        row["image"] = img
+        row["item_id"] = row["item_id"] or clean(rec[file_col])
+        row["product_id"] = row["product_id"] or row["item_id"]
+        rows.append(row)
+    report.rows_kept = len(rows)
+    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in CATALOG_COLUMNS}, features=CATALOG_FEATURES)
+
+
+# ---------------------------------------------------------------------------------------------------------- hub
+def load_hub(
+    name: str,
+    split: str | None = None,
+    *,
+    columns: dict[str, str] | None = None,
+    streaming: bool = False,
+    cache_dir: str | None = None,
+    **load_kwargs,
+):
+    """Any `datasets.load_dataset` path (a Hub id such as ``owner/name``, or a local folder / script) mapped into
+    the catalogue schema.
+
+    ``columns`` maps schema names to the dataset's columns (``{"image": "img", "text": "caption"}``); schema
+    columns the dataset lacks become "", product_id defaults to item_id and item_id to ``<split>-<row index>``.
+    Images stay undecoded during the mapping (no pixel work at load time). ``split`` defaults to "train".
+    """
+    columns = _check_columns(columns)
+    split = split or "train"
+    ds = datasets.load_dataset(name, split=split, streaming=streaming, cache_dir=cache_dir, **load_kwargs)
+    names = list(ds.column_names or (ds.features or {}).keys())
+    image_col = columns.get("image", "image")
+    text_col = columns.get("text", "text")
+    for schema_name, col in (("image", image_col), ("text", text_col)):
+        if col not in names:
+            raise BadItemError(
+                f"{name} ({split}): no {schema_name} column {col!r} (columns: {names}); "
+                f"pass columns={{'{schema_name}': '<column>'}}"
+            )
+    features = ds.features
+    if features is not None and not isinstance(features.get(image_col), datasets.Image):
+        raise BadItemError(f"{name}: column {image_col!r} is {features.get(image_col)}, not a datasets.Image feature")
+    ds = ds.cast_column(image_col, datasets.Image(decode=False))
+
+    def to_schema(rec, idx):
+        row = _map_record(rec, columns, name)
+        row["item_id"] = row["item_id"] or f"{split}-{idx}"
+        row["product_id"] = row["product_id"] or row["item_id"]
+        row["image"] = rec[image_col]
+        return row
+
+    out_features = CATALOG_FEATURES.copy()
+    out_features["image"] = datasets.Image(decode=False)
+    ds = ds.map(to_schema, with_indices=True, remove_columns=names, features=out_features)
+    return ds.cast_column("image", datasets.Image())

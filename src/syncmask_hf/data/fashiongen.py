@@ -1,0 +1,179 @@
+"""FashionGen HDF5 loader (``fashiongen_256_256_{train,validation}.h5``), read lazily chunk by chunk."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import datasets
+import numpy as np
+
+from ._common import clean, normalize_gender
+from .schema import CATALOG_FEATURES, BadItemError, LoadReport, empty_row
+
+__all__ = ["FASHIONGEN_KEYS", "fashiongen_file", "load_fashiongen"]
+
+#: HDF5 datasets read by the loader (all must exist; ``input_name`` is needed only by ``text_field="name+description"``).
+FASHIONGEN_KEYS = (
+    "input_image",
+    "input_description",
+    "input_productID",
+    "input_category",
+    "input_subcategory",
+    "input_brand",
+    "input_season",
+    "input_composition",
+    "input_gender",
+    "input_pose",
+)
+_TEXT_FIELDS = ("description", "name+description", "concat_description")
+
+
+def fashiongen_file(path: str, split: str | None) -> str:
+    """``path`` itself when it is a file, else ``path/fashiongen_256_256_<split>.h5`` (split defaults to train;
+    "val"/"test" mean the official validation file, which the literature uses as the test set)."""
+    if os.path.isfile(path):
+        return path
+    split = {None: "train", "val": "validation", "test": "validation"}.get(split, split)
+    return os.path.join(path, f"fashiongen_256_256_{split}.h5")
+
+
+def _decode(value) -> str:
+    """FashionGen stores strings as ``[i][0]`` latin-1 bytes; ids may be numeric."""
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0] if value.size else ""
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("latin-1").strip()
+    if isinstance(value, (np.integer, int)):
+        return str(int(value))
+    if isinstance(value, (np.floating, float)):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    return clean(value)
+
+
+def _open_checked(path: str, text_field: str):
+    import h5py
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"FashionGen file {path} not found: pass the .h5 file or the folder holding fashiongen_256_256_<split>.h5"
+        )
+    f = h5py.File(path, "r")
+    needed = list(FASHIONGEN_KEYS)
+    if text_field == "name+description":
+        needed.append("input_name")
+    elif text_field == "concat_description":
+        needed.append("input_concat_description")
+    for key in needed:
+        if key not in f:
+            f.close()
+            raise BadItemError(
+                f"{path}: HDF5 key '{key}' is missing (found {sorted(f.keys()) if f else []}); this is not a "
+                f"fashiongen_256_256_*.h5 file in the official schema, or it is truncated: re-download it"
+            )
+    n = f["input_image"].shape[0]
+    for key in needed:
+        if f[key].shape[0] != n:
+            f.close()
+            raise BadItemError(f"{path}: HDF5 key '{key}' has {f[key].shape[0]} rows but input_image has {n}")
+    return f, n
+
+
+def _generate(path: str, ranges: list, text_field: str, png_level: int, mtime: float):
+    """Yield catalogue rows of ``path`` for each ``(start, stop)`` in ``ranges``, one chunk in memory at a time.
+
+    ``mtime`` is unused here; it is part of ``gen_kwargs`` so that the ``datasets`` cache is invalidated when the
+    file changes.
+    """
+    from PIL import Image
+
+    f, _ = _open_checked(path, text_field)
+    try:
+        for start, stop in ranges:
+            images = f["input_image"][start:stop]
+            cols = {k: f[k][start:stop] for k in FASHIONGEN_KEYS if k != "input_image"}
+            if text_field == "name+description":
+                cols["input_name"] = f["input_name"][start:stop]
+            elif text_field == "concat_description":
+                cols["input_concat_description"] = f["input_concat_description"][start:stop]
+            for j in range(stop - start):
+                row_no = start + j
+                img = images[j]
+                if img.ndim != 3 or img.shape[-1] != 3:
+                    raise BadItemError(f"{path} row {row_no}: input_image has shape {img.shape}, expected (H, W, 3)")
+                buf = io.BytesIO()
+                Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(
+                    buf, format="PNG", compress_level=png_level
+                )
+                desc = _decode(cols["input_description"][j])
+                if text_field == "name+description":
+                    name = _decode(cols["input_name"][j])
+                    text = f"{name}. {desc}" if name else desc
+                elif text_field == "concat_description":
+                    text = _decode(cols["input_concat_description"][j])
+                else:
+                    text = desc
+                pid = _decode(cols["input_productID"][j])
+                row = empty_row()
+                row.update(
+                    image={"bytes": buf.getvalue(), "path": None},
+                    text=text,
+                    product_id=pid,
+                    item_id=f"{pid}_{row_no}",
+                    category=_decode(cols["input_category"][j]),
+                    subcategory=_decode(cols["input_subcategory"][j]),
+                    brand=_decode(cols["input_brand"][j]),
+                    season=_decode(cols["input_season"][j]),
+                    composition=_decode(cols["input_composition"][j]),
+                    gender=normalize_gender(_decode(cols["input_gender"][j])),
+                )
+                yield row
+    finally:
+        f.close()
+
+
+def load_fashiongen(
+    path: str,
+    split: str | None = None,
+    *,
+    streaming: bool = False,
+    text_field: str = "description",
+    chunk_size: int = 512,
+    num_proc: int | None = None,
+    cache_dir: str | None = None,
+    png_compress_level: int = 1,
+    report: LoadReport | None = None,
+):
+    """FashionGen as a catalogue, read lazily: the HDF5 file is read ``chunk_size`` rows at a time, never whole.
+
+    With ``streaming=False`` rows go through `datasets.Dataset.from_generator`, which writes an Arrow copy to the
+    ``datasets`` cache (images PNG-encoded, lossless; ``num_proc`` shards the row ranges over processes); with
+    ``streaming=True`` an `IterableDataset` reads the file on the fly and nothing is copied.
+
+    Mapping: text = ``input_description`` (``text_field="name+description"`` prefixes ``input_name``;
+    ``"concat_description"`` uses ``input_concat_description``), product_id = ``input_productID`` (the rows of one
+    product -- its poses -- share it), item_id = ``<productID>_<row>``, category/subcategory/brand/season/
+    composition from the keys of those names, gender normalised (MEN -> men). FashionGen has no colour field ("").
+    A missing key raises `BadItemError` naming the key and the file.
+    """
+    if text_field not in _TEXT_FIELDS:
+        raise ValueError(f"text_field must be one of {_TEXT_FIELDS}, got {text_field!r}")
+    file = fashiongen_file(path, split)
+    f, n = _open_checked(file, text_field)
+    f.close()
+    if report is not None:
+        report.rows_read = report.rows_kept = n
+    ranges = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    kwargs = {"path": file, "text_field": text_field, "png_level": png_compress_level, "mtime": os.path.getmtime(file)}
+    if streaming:
+        return datasets.IterableDataset.from_generator(
+            _generate, features=CATALOG_FEATURES, gen_kwargs={**kwargs, "ranges": ranges}
+        )
+    return datasets.Dataset.from_generator(
+        _generate,
+        features=CATALOG_FEATURES,
+        gen_kwargs={**kwargs, "ranges": ranges},
+        # ``from_generator`` splits list-valued gen_kwargs (the row ranges) over the ``num_proc`` processes.
+        num_proc=num_proc,
+        cache_dir=cache_dir,
+    )
