@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 import syncmask_hf
 from syncmask_hf.data import load_catalog, product_disjoint_split, text_id
-from syncmask_hf.evaluation import format_results_markdown, save_results
+from syncmask_hf.evaluation import RetrievalEvaluator, format_results_markdown, save_results
 from syncmask_hf.pretrained import resolve_pretrained
 from syncmask_hf.training import (
     MODEL_SPECS,
@@ -144,8 +144,13 @@ def build_data(args, processor, mode, accelerator):
         # Decode in the collator, not in `datasets`: a corrupt file then becomes a counted skip (or a clear error
         # naming the item) instead of an exception from deep inside the DataLoader.
         catalog = catalog.cast_column("image", datasets.Image(decode=False))
-        splits = product_disjoint_split(catalog, test_size=args.test_products, val_size=args.val_products, seed=args.seed)
-    collator = syncmask_hf.FashionCollator(processor, mode=mode, skip_bad=skip, seed=args.seed)
+        splits = product_disjoint_split(
+            catalog, test_size=args.test_products, val_size=args.val_products, seed=args.seed
+        )
+    subcategories = sorted({v for v in catalog["subcategory"] if v})
+    collator = syncmask_hf.FashionCollator(
+        processor, mode=mode, skip_bad=skip, seed=args.seed, subcategory_label_map=subcategories
+    )
     return splits, collator
 
 
@@ -155,11 +160,15 @@ def build_batch_sampler(args, train, accelerator, epoch):
     kind = args.sampler
     if kind == "default":
         kind = {"syncmask": "semi_hard", "e2": "one_per_product"}.get(args.model, "random")
-    common = dict(num_replicas=accelerator.num_processes, rank=accelerator.process_index, seed=args.seed, drop_last=True)
+    common = dict(
+        num_replicas=accelerator.num_processes, rank=accelerator.process_index, seed=args.seed, drop_last=True
+    )
     products = train["product_id"]
     if kind == "semi_hard":
         groups = [sub or cat for sub, cat in zip(train["subcategory"], train["category"])]
-        sampler = syncmask_hf.GroupedSemiHardBatchSampler(products, args.batch_size, group_keys=groups, text_ids=[text_id(t) for t in train["text"]], **common)
+        sampler = syncmask_hf.GroupedSemiHardBatchSampler(
+            products, args.batch_size, group_keys=groups, text_ids=[text_id(t) for t in train["text"]], **common
+        )
     elif kind == "one_per_product":
         sampler = syncmask_hf.OneImagePerProductSampler(products, args.batch_size, **common)
     else:
@@ -296,7 +305,7 @@ def main(argv=None):
             if e2_two_stage and args.e2_stage == "both" and progress.global_step == stage2_step:
                 enter_e2_stage2(unwrapped, scheduler)
             logs = {
-                k: float(v)
+                k: float(v.detach())
                 for k, v in outputs.items()
                 if k.startswith("loss") and isinstance(v, torch.Tensor) and v.numel() == 1
             }
@@ -333,7 +342,7 @@ def main(argv=None):
             "datasets": args.dataset or ["synthetic:2400"],
         }
         save_results(results, final / "eval_results.json")
-        print(format_results_markdown(results))
+        print(summary_table(results))
         if progress.skipped_items:
             print(f"skipped {progress.skipped_items} bad items (see the log for which)")
         print(f"model and processor saved to {final}")
@@ -371,16 +380,35 @@ def save_checkpoint(accelerator, args, progress, collator):
     accelerator.wait_for_everyone()
 
 
-def evaluate_split(accelerator, model, dataset, collator, args):
-    from syncmask_hf.evaluation import evaluate_retrieval
+RECALL_COLUMNS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "sumR"]
 
-    model.eval()
+
+def summary_table(results: dict) -> str:
+    """The headline numbers (recall per protocol and chance level); everything else is in eval_results.json."""
+    rows = {name: {k: results[name][k] for k in RECALL_COLUMNS} for name in ("full", "sample100")}
+    rows["full"]["chance_R@1"] = results["chance"]["full_R@1"]
+    rows["sample100"]["chance_R@1"] = results["chance"]["sample100_R@1"]
+    title = f"held-out products ({results['full']['num_text_gallery']} texts, {results['full']['num_image_gallery']} images; sample-100 with {results['sample100']['num_negatives']} negatives)"
+    return format_results_markdown(rows, title=title)
+
+
+def evaluate_split(accelerator, model, dataset, collator, args):
+    """Full-gallery and sample-100 retrieval recall on held-out products (negatives of sample-100 from the same
+    sub-category). A small held-out set that has fewer than 101 products gets as many negatives as it can offer,
+    and the result says so (`num_negatives`)."""
+    num_products = len(set(dataset["product_id"]))
+    num_negatives = min(100, num_products - 1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collator, num_workers=args.num_workers)
-    with torch.no_grad():
-        results = evaluate_retrieval(
-            model, loader, device=accelerator.device, seed=args.seed, progress=accelerator.is_local_main_process
-        )
-    model.train()
+    evaluator = RetrievalEvaluator(model, device=accelerator.device, show_progress=accelerator.is_local_main_process)
+    results = evaluator.evaluate(
+        [b for b in loader if b is not None],
+        sample100_kwargs={"num_negatives": num_negatives, "num_queries": min(1000, len(dataset)), "seed": args.seed},
+    )
+    results["sample100"]["num_negatives"] = num_negatives
+    results["chance"] = {
+        "full_R@1": round(100.0 / num_products, 2),
+        "sample100_R@1": round(100.0 / (num_negatives + 1), 2),
+    }
     return results
 
 

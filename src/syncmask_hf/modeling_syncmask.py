@@ -347,6 +347,13 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
 
     # -- teacher management
     @torch.no_grad()
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP's interface on the pretraining model too (the student's normalised image embeddings)."""
+        return self.syncmask.get_image_features(pixel_values)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.syncmask.get_text_features(input_ids, attention_mask)
+
     def sync_teacher(self) -> None:
         """Copy the student into the teacher exactly (done on load when the checkpoint holds no teacher)."""
         for t, s in zip(self.teacher.parameters(), self.syncmask.parameters()):
