@@ -11,6 +11,7 @@ unchanged against it (pass `endpoint=server.url`, or set `HF_ENDPOINT` before a 
 - `POST /api/{type}s/{repo}/commit/{rev}`               (NDJSON: header, file (base64), deletedFile, deletedFolder)
 - `GET  /api/{type}s/{repo}[/revision/{rev}]`           (repo info: sha, siblings, sdk, private)
 - `GET  /api/{type}s/{repo}/tree/{rev}[/{path}]`        (recursive listing)
+- `POST /api/spaces/{repo}/variables`                   (Space environment variables)
 - `HEAD|GET /[{type}s/]{repo}/resolve/{rev}/{path}`     (X-Repo-Commit, ETag, Content-Length; no xet headers)
 
 LFS and xet uploads are refused (the stand-in answers "regular" for every file so clients never try them). Every
@@ -239,6 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._preupload(repo_type, repo_id, rest[1])
             if method == "POST" and len(rest) == 2 and rest[0] == "commit":
                 return self._commit(repo_type, repo_id, rest[1], query)
+            if method == "POST" and repo_type == "space" and rest == ["variables"]:
+                return self._add_variable(repo_id)
         self._unexpected()
 
     # ------------------------------------------------------------------ endpoints
@@ -387,6 +390,18 @@ class _Handler(BaseHTTPRequestHandler):
             repo.branches[revision] = commit.sha
         url = f"{self.hub.url}/{_URL_PREFIX[repo_type]}{repo_id}/commit/{commit.sha}"
         self._json(200, {"success": True, "commitOid": commit.sha, "commitUrl": url, "pullRequestUrl": None})
+
+    def _add_variable(self, repo_id: str) -> None:
+        if not self._authorized():
+            return
+        repo = self._find_repo("space", repo_id)
+        if repo is None:
+            return
+        payload = json.loads(self._body() or b"{}")
+        with self.hub.lock:
+            repo.variables[payload["key"]] = payload["value"]
+            variables = dict(repo.variables)
+        self._json(200, {k: {"value": v, "updatedAt": "2026-01-01T00:00:00.000Z"} for k, v in variables.items()})
 
     def _resolve(self, parts: list[str], head: bool) -> None:
         at = parts.index("resolve")
