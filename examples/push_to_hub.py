@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from syncmask_hf.hub import HubFolderError, check_model_folder, push_demo_space, push_model_folder, write_model_card
+from syncmask_hf.hub import HubFolderError, check_model_folder, publish
 
 DEFAULT_DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 
@@ -69,42 +69,29 @@ def main(argv=None) -> dict[str, str]:
     if args.training_args and training_args is None:
         raise SystemExit(f"error: training arguments file {args.training_args} does not exist")
 
-    if not args.no_card:
-        write_model_card(
-            folder,
-            model_name=args.model_name or args.repo_id.split("/")[-1],
-            repo_id=args.repo_id,
-            base_model=args.base_model,
-            datasets=args.datasets,
-            metrics=metrics,
-            training_args=training_args,
-            license=args.license,
-            tags=args.tags,
-        )
-    urls = {
-        "model": push_model_folder(
+    try:
+        urls = publish(
             folder,
             args.repo_id,
+            metrics=metrics,
+            training_args=training_args,
+            datasets=args.datasets,
+            base_model=args.base_model,
+            model_name=args.model_name,
+            tags=args.tags,
+            license=args.license,
+            space_id=args.space_id,
+            demo_dir=args.demo_dir,
             token=args.token,
             private=args.private,
-            commit_message=args.commit_message,
             endpoint=args.endpoint,
+            write_card=not args.no_card,
+            commit_message=args.commit_message,
         )
-    }
-    print(f"model: {urls['model']}")
-    if args.space_id:
-        try:
-            urls["space"] = push_demo_space(
-                args.demo_dir,
-                args.space_id,
-                model_repo=args.repo_id,
-                token=args.token,
-                endpoint=args.endpoint,
-                private=args.private,
-            )
-        except HubFolderError as error:
-            raise SystemExit(f"error: {error}") from error
-        print(f"space: {urls['space']}")
+    except HubFolderError as error:
+        raise SystemExit(f"error: {error}") from error
+    for kind, url in urls.items():
+        print(f"{kind}: {url}")
     return urls
 
 

@@ -274,3 +274,43 @@ def test_write_model_card_without_metrics(published, tmp_path):
     assert loaded.data.eval_results is None and loaded.data.datasets == ["hm"]
     assert "## Evaluation" not in card.text
     assert "AutoProcessor.from_pretrained" in card.text  # no tokenizer / image processor files: the processor
+
+
+def test_publish_private_and_failure_modes(hub, published, tmp_path, monkeypatch):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from syncmask_hf.hub import publish
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    folder = published["folder"]
+    card_before = (folder / "README.md").read_text()
+    bad_demo = tmp_path / "bad_demo"
+    bad_demo.mkdir()
+    (bad_demo / "app.py").write_text("demo = None\n")
+    with pytest.raises(HubFolderError, match=r"lacks \['requirements.txt', 'README.md'\]"):
+        publish(folder, "tester/never", space_id="tester/never-space", demo_dir=bad_demo, token=TOKEN,
+                endpoint=hub.url, model_name="other title")  # fmt: skip
+    assert ("model", "tester/never") not in hub.repos  # the demo is checked before the model is pushed
+    assert (folder / "README.md").read_text() == card_before  # and before the card is rewritten
+
+    with pytest.raises(HfHubHTTPError, match="401"):
+        push_model_folder(folder, "tester/never", token="hf_wrong", endpoint=hub.url)
+
+    urls = publish(folder, "tester/tiny-private", private=True, token=TOKEN, endpoint=hub.url, write_card=False)
+    assert urls == {"model": f"{hub.url}/tester/tiny-private"}
+    repo = hub.repo("tester/tiny-private")
+    assert repo.private and repo.files()["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+
+    config = json.loads((folder / "config.json").read_text())
+    only_pretraining = tmp_path / "only_pretraining"
+    only_pretraining.mkdir()
+    for path in folder.iterdir():
+        if path.is_file():
+            (only_pretraining / path.name).write_bytes(path.read_bytes())
+    config["auto_map"] = {"AutoConfig": config["auto_map"]["AutoConfig"],
+                          "AutoModelForPreTraining": config["auto_map"]["AutoModel"]}  # fmt: skip
+    (only_pretraining / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="no AutoModel entry"):
+        push_model_folder(only_pretraining, "tester/tiny-pretraining", token=TOKEN, endpoint=hub.url)
+    assert "AutoModelForPreTraining.from_pretrained" in usage_snippet(only_pretraining, "x/y")
+    assert hub.unexpected == []

@@ -31,6 +31,8 @@ __all__ = [
     "usage_snippet",
     "push_model_folder",
     "push_demo_space",
+    "check_demo_dir",
+    "publish",
     "DEFAULT_IGNORE_PATTERNS",
 ]
 
@@ -348,7 +350,7 @@ def write_model_card(
         description
         or (
             f"A fashion vision-language model (`model_type: {model_type}`) trained with "
-            "[syncmask_hf](https://github.com/) for product image-text retrieval. Its code ships in this repository, "
+            "the `syncmask_hf` package for product image-text retrieval. Its code ships in this repository, "
             "so it loads with `trust_remote_code=True` without installing the package."
         )
     )
@@ -389,6 +391,13 @@ def push_model_folder(
 
     Training by-products matching `ignore_patterns` (optimizer state, checkpoints, logs) are not uploaded."""
     summary = check_model_folder(folder)
+    if "AutoModel" not in summary["config"]["auto_map"]:
+        warnings.warn(
+            f"config.json's auto_map has no AutoModel entry (only {sorted(summary['config']['auto_map'])}), so "
+            "AutoModel.from_pretrained(repo, trust_remote_code=True) will fail; register the base model class with "
+            "register_for_auto_class('AutoModel') or add the entry to config.auto_map before saving.",
+            stacklevel=2,
+        )
     if not summary["processor_files"]:
         warnings.warn(
             f"{folder} has no processor or tokenizer files; users will not be able to preprocess inputs from the repo "
@@ -407,6 +416,23 @@ def push_model_folder(
     return str(url)
 
 
+def check_demo_dir(demo_dir: str | os.PathLike) -> SpaceCard:
+    """Verify a Space folder (app.py, requirements.txt, README.md with a Spaces `sdk:` header); return its card."""
+    demo_dir = Path(demo_dir)
+    missing = [name for name in ("app.py", "requirements.txt", "README.md") if not (demo_dir / name).is_file()]
+    if missing:
+        raise HubFolderError(
+            f"{demo_dir} lacks {missing}: a Gradio Space needs app.py, requirements.txt and README.md."
+        )
+    card = SpaceCard.load(demo_dir / "README.md")
+    if card.data.get("sdk") is None:
+        raise HubFolderError(
+            f"{demo_dir / 'README.md'} has no Spaces YAML header with `sdk:` (e.g. '---\\nsdk: gradio\\napp_file: "
+            "app.py\\n---'); add one."
+        )
+    return card
+
+
 def push_demo_space(
     demo_dir: str | os.PathLike,
     space_id: str,
@@ -422,19 +448,8 @@ def push_demo_space(
     The Space is told which model to serve twice: the Space variable `MODEL_ID` (the app reads it from the
     environment) and `models: [model_repo]` in the README metadata (so the Hub links the Space and the model).
     """
-    demo_dir = Path(demo_dir)
-    missing = [name for name in ("app.py", "requirements.txt", "README.md") if not (demo_dir / name).is_file()]
-    if missing:
-        raise HubFolderError(
-            f"{demo_dir} lacks {missing}: a Gradio Space needs app.py, requirements.txt and README.md."
-        )
-    card = SpaceCard.load(demo_dir / "README.md")
+    card = check_demo_dir(demo_dir)
     sdk = card.data.get("sdk")
-    if sdk is None:
-        raise HubFolderError(
-            f"{demo_dir / 'README.md'} has no Spaces YAML header with `sdk:` (e.g. '---\\nsdk: gradio\\napp_file: "
-            "app.py\\n---'); add one."
-        )
     models = list(card.data.get("models") or [])
     if model_repo not in models:
         card.data.models = [*models, model_repo]
@@ -446,3 +461,57 @@ def push_demo_space(
         card.save(Path(staging) / "README.md")
         api.upload_folder(folder_path=staging, repo_id=url.repo_id, repo_type="space", commit_message=commit_message)
     return str(url)
+
+
+def publish(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    training_args: Mapping[str, Any] | None = None,
+    datasets: str | Sequence[str] | None = None,
+    base_model: str | Sequence[str] | None = None,
+    model_name: str | None = None,
+    tags: Sequence[str] = (),
+    license: str = "apache-2.0",
+    space_id: str | None = None,
+    demo_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+    private: bool = False,
+    endpoint: str | None = None,
+    write_card: bool = True,
+    commit_message: str = "Upload model with syncmask_hf",
+) -> dict[str, str]:
+    """Check the folder, write its model card, push it, and optionally the demo Space; return {"model", "space"} URLs.
+
+    The one call behind `examples/push_to_hub.py` and a training script's `--push_to_hub`. The folder is checked
+    before the card is written, so a folder that cannot be published is left untouched."""
+    check_model_folder(folder)
+    if space_id is not None:
+        if demo_dir is None:
+            raise ValueError(
+                "space_id is set but demo_dir is not: pass the demo folder (app.py, requirements.txt, ...)."
+            )
+        check_demo_dir(demo_dir)  # before anything is written or uploaded
+    if write_card:
+        write_model_card(
+            folder,
+            model_name=model_name or repo_id.split("/")[-1],
+            repo_id=repo_id,
+            base_model=base_model,
+            datasets=datasets,
+            metrics=metrics,
+            training_args=training_args,
+            license=license,
+            tags=tags,
+        )
+    urls = {
+        "model": push_model_folder(
+            folder, repo_id, token=token, private=private, commit_message=commit_message, endpoint=endpoint
+        )
+    }
+    if space_id is not None:
+        urls["space"] = push_demo_space(
+            demo_dir, space_id, model_repo=repo_id, token=token, endpoint=endpoint, private=private
+        )
+    return urls
