@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -40,19 +41,18 @@ def _online_env(**extra) -> dict[str, str]:
 
 
 def _save_tiny_remote_model(folder: Path):
-    """Tiny remote-code model + MiniLM tokenizer + CLIP image processor, as examples/pretrain.py would leave them."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    """Tiny remote-code model + a processor (CLIP image processor + MiniLM tokenizer), as a training run leaves them."""
     from tiny_remote_model.configuration_tinydual import TinyDualConfig
     from tiny_remote_model.modeling_tinydual import TinyDualModel
-    from transformers import AutoTokenizer, CLIPImageProcessor
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor
 
     TinyDualConfig.register_for_auto_class()
     TinyDualModel.register_for_auto_class("AutoModel")
     model = TinyDualModel(TinyDualConfig()).eval()
     model.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)  # v5: one json
     return model, tokenizer
 
 
@@ -114,7 +114,7 @@ def test_cli_prints_urls_and_uploads_only_the_model(hub, published):
     assert f"space: {hub.url}/spaces/{SPACE_REPO}" in published["stdout"]
     files = set(hub.repo(MODEL_REPO).files())
     expected = {"config.json", "model.safetensors", "modeling_tinydual.py", "configuration_tinydual.py",
-                "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "README.md",
+                "tokenizer.json", "tokenizer_config.json", "processor_config.json", "README.md",
                 "training_args.json"}  # fmt: skip
     assert expected <= files, expected - files
     assert "optimizer.pt" not in files and not any(f.startswith("checkpoint-1/") for f in files)
@@ -126,8 +126,20 @@ def test_cli_prints_urls_and_uploads_only_the_model(hub, published):
 
 def test_downloaded_model_loads_in_a_fresh_process_without_the_package(published):
     """Remote code only: syncmask_hf is blocked and neither src/ nor tests/ is importable in the child."""
+    from transformers import CLIPImageProcessor
+
     tmp, downloaded = published["tmp"], published["downloaded"]
-    snippet = usage_snippet(downloaded, MODEL_REPO).replace(f'"{MODEL_REPO}"', repr(str(downloaded)))
+    # The card's snippet, for the repo as pushed (AutoProcessor) and for a folder holding a separate tokenizer and
+    # image processor instead (AutoTokenizer + AutoImageProcessor): both must run as written.
+    split = tmp / "split_processor"
+    shutil.copytree(downloaded, split, dirs_exist_ok=True)
+    (split / "processor_config.json").unlink()
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(split)
+    snippets = []
+    for path in (downloaded, split):
+        snippet = usage_snippet(path, MODEL_REPO)
+        snippets.append(snippet.replace(f'"{MODEL_REPO}"', repr(str(path))))
+    assert "AutoProcessor" in snippets[0] and "AutoImageProcessor" in snippets[1]
     script = (
         textwrap.dedent(
             f"""
@@ -148,8 +160,8 @@ def test_downloaded_model_loads_in_a_fresh_process_without_the_package(published
         Image.new("RGB", (40, 48), (200, 30, 30)).save("product.jpg")
         """
         )
-        + snippet
-        + "\nassert scores.shape == (1, 2), scores.shape\nprint('FRESH-PROCESS-OK')\n"
+        + "".join(f"\n{snippet}\nassert scores.shape == (1, 2), scores.shape\n" for snippet in snippets)
+        + "print('FRESH-PROCESS-OK')\n"
     )
     run_dir = tmp / "fresh"
     run_dir.mkdir(exist_ok=True)
@@ -204,7 +216,7 @@ def test_repush_without_changes_makes_no_commit(hub, published, monkeypatch):
     assert len(hub.repo(MODEL_REPO).commits) == before
 
 
-def test_bad_folders_give_clear_errors(published, tmp_path):
+def test_bad_folders_give_clear_errors(published, tmp_path, monkeypatch):
     from transformers import CLIPConfig, CLIPModel
 
     with pytest.raises(HubFolderError, match="no config.json.*save_pretrained"):
@@ -246,7 +258,7 @@ def test_bad_folders_give_clear_errors(published, tmp_path):
     with pytest.raises(HubFolderError, match="no vocabulary"):
         check_model_folder(no_vocab)
 
-    sys.path.insert(0, str(REPO_ROOT / "examples"))
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "examples"))
     from push_to_hub import main
 
     with pytest.raises(SystemExit, match="no `auto_map`"):
