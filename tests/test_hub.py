@@ -275,17 +275,24 @@ def test_bad_folders_give_clear_errors(published, tmp_path, monkeypatch):
         push_demo_space(space_without_header, "tester/x", model_repo=MODEL_REPO, endpoint="http://127.0.0.1:9")
 
 
-def test_write_model_card_without_metrics(published, tmp_path):
+def test_write_model_card_variants(published, tmp_path):
     folder = tmp_path / "card_only"
     folder.mkdir()
     (folder / "config.json").write_text((published["folder"] / "config.json").read_text())
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error")  # a card without metrics is valid and quiet
         card = write_model_card(folder, model_name="tiny", datasets="hm", training_args=None)
     loaded = ModelCard.load(folder / "README.md")
     assert loaded.data.eval_results is None and loaded.data.datasets == ["hm"]
     assert "## Evaluation" not in card.text
     assert "AutoProcessor.from_pretrained" in card.text  # no tokenizer / image processor files: the processor
+
+    nested = write_model_card(folder, model_name="tiny", metrics={"full": {"i2t": {"r1": 0.5, "r10": 0.875}}},
+                              usage="caption = model.generate(pixel_values)")  # fmt: skip
+    results = {(r.dataset_config, r.metric_type): r.metric_value for r in nested.data.eval_results}
+    assert results == {("full", "i2t.r1"): 0.5, ("full", "i2t.r10"): 0.875}
+    assert "| full | 0.5000 | 0.8750 |" in nested.text
+    assert "caption = model.generate(pixel_values)" in nested.text and "get_image_features" not in nested.text
 
 
 def test_publish_private_and_failure_modes(hub, published, tmp_path, monkeypatch):

@@ -256,13 +256,19 @@ def _flatten_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, dict[str, fl
     def is_number(value):
         return isinstance(value, int | float) and not isinstance(value, bool)
 
+    def walk(protocol: str, prefix: str, values: Mapping[str, Any]) -> None:
+        for metric, value in values.items():
+            name = f"{prefix}{metric}"
+            if isinstance(value, Mapping):  # deeper nesting, e.g. {"i2t": {"r1": ...}} -> metric "i2t.r1"
+                walk(protocol, f"{name}.", value)
+            elif is_number(value):
+                tables.setdefault(protocol, {})[name] = float(value)
+            else:
+                details[f"{protocol}.{name}"] = value
+
     for key, value in metrics.items():
         if isinstance(value, Mapping):
-            for metric, number in value.items():
-                if is_number(number):
-                    tables.setdefault(str(key), {})[str(metric)] = float(number)
-                else:
-                    details[f"{key}.{metric}"] = number
+            walk(str(key), "", value)
         elif is_number(value):
             tables.setdefault("all", {})[str(key)] = float(value)
         else:
@@ -299,13 +305,15 @@ def write_model_card(
     task_name: str = "Image-text retrieval",
     description: str | None = None,
     language: str | Sequence[str] | None = "en",
+    usage: str | None = None,
 ) -> ModelCard:
     """Write `folder/README.md`: Hub metadata, description, metrics table, training data and arguments, usage.
 
     `metrics` is a results dict such as `{"full": {"i2t_r1": 41.2, ...}, "sample100": {...}}` (top-level numbers count
     as protocol "all"); each number becomes a model-index `EvalResult` (protocol as `dataset_config`) and a table cell.
     `repo_id` is what the usage snippet loads (defaults to `model_name`). The pipeline tag defaults to
-    `image-to-text` for captioning configs and `feature-extraction` (embeddings for retrieval) otherwise.
+    `image-to-text` for captioning configs and `feature-extraction` (embeddings for retrieval) otherwise. `usage`
+    replaces the generated dual-encoder snippet (`usage_snippet`), e.g. for a captioner.
     """
     folder = Path(folder)
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
@@ -370,7 +378,7 @@ def write_model_card(
     if training_args:
         sections += ["", "## Training arguments", ""]
         sections.append(_markdown_table(["argument", "value"], [[k, v] for k, v in training_args.items()]))
-    sections += ["", "## Usage", "", "```python", usage_snippet(folder, repo_id), "```", ""]
+    sections += ["", "## Usage", "", "```python", usage or usage_snippet(folder, repo_id), "```", ""]
 
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(sections))
     card.save(folder / "README.md")
