@@ -74,3 +74,8 @@ __all__ = [
     "synchronized_masks",
     "synchronized_scores",
 ]
+
+# --- hub publishing (branch hub) ---
+# isort: split
+from .hub import HubFolderError, check_model_folder, push_demo_space, push_model_folder, write_model_card
+# --- end hub publishing ---

@@ -390,7 +390,14 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         return model
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-        """Writes the student (and the teacher only when `config.save_teacher`)."""
+        """Writes the student (and the teacher only when `config.save_teacher`).
+
+        The saved `auto_map` names `SyncMaskModel` for AutoModel as well, so a Hub copy of a pretraining checkpoint
+        loads with `AutoModel.from_pretrained(repo, trust_remote_code=True)` (the encoders, without the heads).
+        """
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoModel", f"{SyncMaskModel.__module__.rsplit('.', 1)[-1]}.SyncMaskModel")
+        self.config.auto_map = auto_map
         if state_dict is None and not self.config.save_teacher:
             state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
