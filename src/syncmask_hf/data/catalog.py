@@ -82,8 +82,13 @@ def load_catalog(
     Every result has the columns of `CATALOG_FEATURES` (strings are "" when the source does not know them).
     Bad items (missing image; corrupt image with ``verify_images=True``; unreadable row) raise `BadItemError` naming
     the item and the fix; with ``skip_bad=True`` they are skipped, counted and reported at the end (logged warning;
-    the `LoadReport` is returned too with ``return_report=True``). H&M/Myntra/folder catalogues are split-less:
-    use `product_disjoint_split`.
+    the `LoadReport` is returned too with ``return_report=True``). ``skip_bad`` concerns items (H&M, Myntra, folder
+    rows and images); file-level faults (a FashionGen file lacking a key, a Hub dataset lacking the text column)
+    always raise. H&M/Myntra/folder catalogues are split-less: use `product_disjoint_split`.
+
+    H&M, Myntra and folder datasets reference image files by path (nothing copied; decoding happens on access, and
+    an undecodable file then fails with PIL's error naming the path -- ``verify_images=True`` checks every file at
+    load time instead); FashionGen and synthetic images are stored as PNG bytes.
     """
     if not isinstance(source, str) or not source:
         raise ValueError(f"source must be a string like 'hm:/path'; known kinds: {sorted(KNOWN_SOURCES)}")
@@ -273,6 +278,10 @@ def load_hub(
         row["image"] = rec[image_col]
         return row
 
+    if isinstance(ds, datasets.IterableDataset):
+        # (datasets 5: an IterableDataset mapped with explicit features ignores a later Image re-cast and yields
+        # dicts, so map without features and cast the whole schema once.)
+        return ds.map(to_schema, with_indices=True, remove_columns=names).cast(CATALOG_FEATURES)
     out_features = CATALOG_FEATURES.copy()
     out_features["image"] = datasets.Image(decode=False)
     ds = ds.map(to_schema, with_indices=True, remove_columns=names, features=out_features)

@@ -294,7 +294,7 @@ def draw_view(product: SyntheticProduct, view: str, size: int = 96, jitter_seed:
         d.ellipse([nx - 5 * s, ny - 4 * s, nx + 5 * s, ny + 4 * s], fill=SEASONS[product.season])
     # brand tag: visible in every view
     tx, ty = pt(0.5, anchors["neck_y"] + (0.07 if not bottom else 0.03))
-    d.rectangle([tx - 3 * s, ty - 2 * s, tx + 3 * s, ty + 2 * s], fill=BRANDS[product.brand], outline=(0, 0, 0))
+    d.rectangle([tx - 5 * s, ty - 3 * s, tx + 5 * s, ty + 3 * s], fill=BRANDS[product.brand], outline=(0, 0, 0))
     for detail in product.details:
         if view not in DETAIL_VIEWS[detail]:
             continue
