@@ -15,11 +15,25 @@ import sys
 
 import gradio as gr
 
-from syncmask_hf.search import BadImageError, CatalogSearch
+from syncmask_hf.search import BadImageError, CatalogSearch, open_image
 
 DEFAULT_MODEL = os.environ.get("MODEL_ID", "outputs/pretrain/final")
 DEFAULT_CATALOG = os.environ.get("CATALOG", "synthetic:2400")
 DEFAULT_CAPTIONER = os.environ.get("CAPTIONER_ID") or None
+
+
+class UploadImage(gr.Image):
+    """gr.Image that checks the upload before Gradio decodes it, so a file that is not an image, an empty file or a
+    decompression bomb gets a readable message instead of Gradio's generic processing error."""
+
+    def preprocess(self, payload):
+        path = getattr(payload, "path", None)
+        if path:
+            try:
+                open_image(path, getattr(payload, "orig_name", None) or "the upload")
+            except BadImageError as err:
+                raise gr.Error(str(err)) from None
+        return super().preprocess(payload)
 
 
 def _friendly(fn):
@@ -75,14 +89,14 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
             text_button.click(text_search, query, text_results, api_name="text_search")
             query.submit(text_search, query, text_results, api_name=False)
         with gr.Tab("Image → products & texts"):
-            image_in = gr.Image(type="filepath", label="Photo", elem_id="image-query")
+            image_in = UploadImage(type="filepath", label="Photo", elem_id="image-query")
             image_button = gr.Button("Search", elem_id="image-search")
             image_results = gr.Gallery(label="Similar products", columns=6)
             image_texts = gr.Textbox(label="Closest catalogue texts", lines=6)
             image_button.click(image_search, image_in, [image_results, image_texts], api_name="image_search")
         with gr.Tab("This, but …"):
             with gr.Row():
-                reference = gr.Image(type="filepath", label="Reference product")
+                reference = UploadImage(type="filepath", label="Reference product")
                 modification = gr.Textbox(label="Change", placeholder="in red")
             modified_button = gr.Button("Search")
             modified_results = gr.Gallery(label="Products", columns=6)
@@ -90,7 +104,7 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
                 modified_search, [reference, modification], modified_results, api_name="modified_search"
             )
         with gr.Tab("Caption & attributes"):
-            describe_in = gr.Image(type="filepath", label="Photo")
+            describe_in = UploadImage(type="filepath", label="Photo")
             describe_button = gr.Button("Describe")
             caption_out = gr.Textbox(label="Caption")
             attributes_out = gr.JSON(label="Predicted attributes")

@@ -179,8 +179,8 @@ class CatalogSearch:
             (self.cache_dir / f"{key}.json").write_text(json.dumps({"model": self.model_path, "catalog": catalog_key}))
         self.image_embeds = torch.from_numpy(image_embeds)
         self.text_embeds = torch.from_numpy(text_embeds)
-        self.image_index = EmbeddingIndex(image_embeds)
-        self.text_index = EmbeddingIndex(text_embeds)
+        self.image_index = EmbeddingIndex.from_embeddings(image_embeds, index_type="auto")
+        self.text_index = EmbeddingIndex.from_embeddings(text_embeds, index_type="auto")
 
     # -- queries -------------------------------------------------------------------------------------------
     def _hits(self, index, query: torch.Tensor, k: int) -> list[Hit]:
