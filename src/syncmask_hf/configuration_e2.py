@@ -135,7 +135,9 @@ class E2Config(PreTrainedConfig):
                 f"regional {self.regional_loss_weight})."
             )
         if self.projection_init not in PROJECTION_INITS:
-            raise ValueError(f"E2Config.projection_init must be one of {PROJECTION_INITS} (got {self.projection_init!r}).")
+            raise ValueError(
+                f"E2Config.projection_init must be one of {PROJECTION_INITS} (got {self.projection_init!r})."
+            )
         if not self.use_selection_tokens and (self.use_fusion_blocks or self.use_regional_loss):
             raise ValueError(
                 "E2Config: use_fusion_blocks and use_regional_loss need the selection tokens; with "

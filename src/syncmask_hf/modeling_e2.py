@@ -214,7 +214,7 @@ class E2PreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """Also map `AutoModelForZeroShotImageClassification` in `auto_map`, so the pipeline loads remote copies."""
         if self._auto_class is not None:
-            auto_map = dict(self.config.auto_map or {})
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map.setdefault("AutoModelForZeroShotImageClassification", f"modeling_e2.{type(self).__name__}")
             self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
@@ -427,7 +427,9 @@ class E2Model(E2PreTrainedModel):
         `entity_input_ids` / `entity_attention_mask` (B, E, Le) and optional `entity_valid` (B, E).
         """
         if pixel_values is None or input_ids is None:
-            raise ValueError("E2Model.forward needs both pixel_values and input_ids (use get_*_features for one side).")
+            raise ValueError(
+                "E2Model.forward needs both pixel_values and input_ids (use get_*_features for one side)."
+            )
         vision = self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         text = self.get_text_features(input_ids, attention_mask=attention_mask, position_ids=position_ids)
         image_embeds = F.normalize(vision.pooler_output, dim=-1)
