@@ -103,15 +103,16 @@ class E2FusionBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor, num_selection_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = num_selection_tokens
         tokens, patches = hidden_states[:, :s], hidden_states[:, s + 1 :]
-        scores = (self.q_proj(tokens) @ self.k_proj(patches).transpose(1, 2)) * self.scale  # (B, S, P)
-        if self.training:
+        # q k^T with k = patches W_k^T computed as (q W_k) patches^T: the same product, but the projection runs on
+        # the few selection tokens instead of on every patch (likewise W_v below is applied after the pick).
+        scores = (self.q_proj(tokens) @ self.k_proj.weight) @ patches.transpose(1, 2) * self.scale  # (B, S, P)
+        if self.training:  # hard straight-through Gumbel-softmax: one-hot forward, soft gradient to W_q / W_k
             one_hot = F.gumbel_softmax(scores.float(), tau=self.tau, hard=True, dim=-1).to(patches.dtype)
-            picked = one_hot @ self.v_proj(patches)
+            picked = self.v_proj(one_hot @ patches)
             index = one_hot.argmax(dim=-1)
-        else:  # arg-max needs only the picked patches' values
+        else:
             index = scores.argmax(dim=-1)
-            chosen = patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-            picked = self.v_proj(chosen)
+            picked = self.v_proj(patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[-1])))
         fused = (picked + tokens) / 2
         return torch.cat([fused, hidden_states[:, s:]], dim=1), index
 
