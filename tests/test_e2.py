@@ -198,12 +198,16 @@ def test_ablation_switches(clip_dir):
     no_regional = E2Model.from_clip(clip_dir, use_regional_loss=False)
     out = no_regional(**inputs, return_loss=True)
     assert out.loss_regional is None and out.selected_patches.shape == (4, 8, 2)
+    assert no_regional.entity_heads is None and out.entity_embeds is None
     torch.testing.assert_close(out.loss, 0.5 * out.loss_global)
     two_tokens = E2Model.from_clip(clip_dir, entities=["brand", "season"], tokens_per_entity=1, fusion_layers=[3])
     out = two_tokens(**dict(inputs, entity_input_ids=inputs["entity_input_ids"][:, :2],
                             entity_attention_mask=inputs["entity_attention_mask"][:, :2],
                             entity_valid=inputs["entity_valid"][:, :2]), return_loss=True)  # fmt: skip
     assert out.selected_patches.shape == (4, 2, 1) and set(out.entity_losses) == {"brand", "season"}
+    assert two_tokens.get_entity_features(inputs["pixel_values"]).shape == (4, 2, 16)
+    with pytest.raises(ValueError, match="use_regional_loss=False"):
+        E2Model.from_clip(clip_dir, use_selection_tokens=False).get_entity_features(inputs["pixel_values"])
 
 
 # --------------------------------------------------------------------------------------------------------- training
@@ -245,6 +249,7 @@ def test_save_load_round_trip(clip_dir, tmp_path):
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "e2" and saved["auto_map"]["AutoModel"] == "modeling_e2.E2Model"
+    assert saved["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_e2.E2Model"
     assert {"modeling_e2.py", "configuration_e2.py", "losses.py", "model.safetensors"} <= set(os.listdir(tmp_path))
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, E2Model) and isinstance(AutoConfig.from_pretrained(tmp_path), E2Config)

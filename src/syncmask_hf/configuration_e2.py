@@ -56,7 +56,8 @@ class E2Config(PreTrainedConfig):
             them the fusion blocks and the regional loss, which need them (the CLIP-FT baseline).
         use_fusion_blocks (`bool`, *optional*): ablation switch; False keeps the selection tokens (they still attend
             through the ordinary layers) but removes the fusion blocks. Default: `use_selection_tokens`.
-        use_regional_loss (`bool`, *optional*): ablation switch; False trains with the global loss only.
+        use_regional_loss (`bool`, *optional*): ablation switch; False trains with the global loss only (and drops
+            the per-entity heads, which only that loss trains).
             Default: `use_selection_tokens`.
         projection_init (`str`, defaults to "clip"): how `E2Model.from_clip` initialises the global and per-entity
             heads. "clip": copies of CLIP's post-LayerNorm and visual projection, so E2 starts from CLIP's joint space

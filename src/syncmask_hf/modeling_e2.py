@@ -43,7 +43,7 @@ class E2VisionOutput(ModelOutput):
     """Image side of E2.
 
     pooler_output: (B, projection_dim) global image embedding (not normalised), as CLIP's `get_image_features`.
-    entity_embeds: (B, num_entities, projection_dim) one embedding per tag entity (None without selection tokens).
+    entity_embeds: (B, num_entities, projection_dim) one embedding per tag entity (None without the regional loss, which trains the entity heads).
     selected_patches: (B, num_selection_tokens, num_fusion_blocks) index (row-major in the patch grid) of the patch
         each selection token picked in each fusion block, for visualisation (None without fusion blocks).
     last_hidden_state: the final tokens ([selection tokens, CLS] after the last fusion block, else all tokens).
@@ -158,7 +158,7 @@ def regional_contrastive_loss(
     losses: list[torch.Tensor | None] = []
     for e in range(entity_embeds.shape[1]):
         rows = valid[:, e]
-        all_valid = gather_no_grad(rows)
+        all_valid = gather_no_grad(rows.to(torch.uint8)).bool()
         if not bool(all_valid.any()):
             losses.append(None)
             continue
@@ -242,9 +242,11 @@ class E2Model(E2PreTrainedModel):
         n_tokens = config.num_selection_tokens
         self.selection_tokens = nn.Parameter(torch.zeros(n_tokens, width)) if n_tokens else None
         self.fusion_blocks = nn.ModuleList([E2FusionBlock(config) for _ in range(config.num_fusion_blocks)])
+        # Entity heads only exist with the regional loss that trains them (untrained heads would also be unused
+        # parameters under DistributedDataParallel).
         self.entity_heads = (
             nn.ModuleDict({name: E2EntityHead(config) for name in config.entities})
-            if config.use_selection_tokens
+            if config.use_regional_loss
             else None
         )
         self.post_init()
@@ -338,7 +340,7 @@ class E2Model(E2PreTrainedModel):
                     hidden = hidden[:, : s + 1]
         image_embeds = self.visual_projection(vision.post_layernorm(hidden[:, s]))
         entity_embeds = None
-        if s:
+        if self.entity_heads is not None:
             t = config.tokens_per_entity
             entity_embeds = torch.stack(
                 [head(hidden[:, i * t : (i + 1) * t]) for i, head in enumerate(self.entity_heads.values())], dim=1
@@ -358,8 +360,11 @@ class E2Model(E2PreTrainedModel):
 
     def get_entity_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """(B, num_entities, projection_dim) unnormalised entity embeddings, in `config.entities` order."""
-        if not self.config.use_selection_tokens:
-            raise ValueError("get_entity_features needs the selection tokens: this E2 has use_selection_tokens=False.")
+        if self.entity_heads is None:
+            raise ValueError(
+                "get_entity_features needs the entity heads, which exist with the regional loss: this E2 has "
+                f"use_selection_tokens={self.config.use_selection_tokens}, use_regional_loss={self.config.use_regional_loss}."
+            )
         return self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).entity_embeds
 
     # -------------------------------------------------------------------------------------------------- text side
