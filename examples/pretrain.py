@@ -170,7 +170,13 @@ def build_batch_sampler(args, train, accelerator, epoch):
             products, args.batch_size, group_keys=groups, text_ids=[text_id(t) for t in train["text"]], **common
         )
     elif kind == "one_per_product":
-        sampler = syncmask_hf.OneImagePerProductSampler(products, args.batch_size, **common)
+        # Rank r takes every n-th product of one seeded permutation, so step k's batches over all ranks are
+        # again one contiguous global batch of that permutation.
+        per_product = syncmask_hf.OneImagePerProductSampler(
+            products, seed=args.seed, num_replicas=accelerator.num_processes, rank=accelerator.process_index
+        )
+        per_product.set_epoch(epoch)
+        return torch.utils.data.BatchSampler(per_product, args.batch_size, drop_last=True)
     else:
         sampler = syncmask_hf.RandomBatchSampler(len(products), args.batch_size, **common)
     sampler.set_epoch(epoch)

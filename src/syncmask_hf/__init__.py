@@ -8,12 +8,21 @@ package.
 
 __version__ = "0.1.0"
 
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
 
 from . import data, evaluation
+from .configuration_e2 import E2Config
 from .configuration_syncmask import SyncMaskConfig
 from .data import CATALOG_FEATURES, load_catalog, load_fashioniq, product_disjoint_split
+from .e2_sampling import OneImagePerProductSampler
 from .masking import synchronized_masks, synchronized_scores
+from .modeling_e2 import E2FusionBlock, E2Model, E2Output, E2PreTrainedModel, E2VisionOutput
 from .modeling_syncmask import (
     SyncMaskForImageTextRetrieval,
     SyncMaskForPreTraining,
@@ -38,16 +47,26 @@ from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
 AutoConfig.register("syncmask", SyncMaskConfig, exist_ok=True)
 AutoModel.register(SyncMaskConfig, SyncMaskModel, exist_ok=True)
 AutoModelForPreTraining.register(SyncMaskConfig, SyncMaskForPreTraining, exist_ok=True)
+AutoConfig.register("e2", E2Config, exist_ok=True)
+AutoModel.register(E2Config, E2Model, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(E2Config, E2Model, exist_ok=True)
 
 # The processor: found by name from processor_config.json and for each of the package's model configs;
 # `register_for_auto_class` makes save_pretrained write `auto_map` so Hub copies load with trust_remote_code.
 FashionProcessor.register_for_auto_class("AutoProcessor")
-for _config in (SyncMaskConfig,):
+for _config in (SyncMaskConfig, E2Config):
     AutoProcessor.register(_config, FashionProcessor, exist_ok=True)
 
 __all__ = [
     "__version__",
     "CATALOG_FEATURES",
+    "E2Config",
+    "E2FusionBlock",
+    "E2Model",
+    "E2Output",
+    "E2PreTrainedModel",
+    "E2VisionOutput",
+    "OneImagePerProductSampler",
     "FashionCollator",
     "FashionInputError",
     "FashionProcessor",
