@@ -26,6 +26,8 @@ class UploadImage(gr.Image):
     """gr.Image that checks the upload before Gradio decodes it, so a file that is not an image, an empty file or a
     decompression bomb gets a readable message instead of Gradio's generic processing error."""
 
+    is_template = True  # Gradio's template convention: render with the parent's (gr.Image's) frontend
+
     def preprocess(self, payload):
         path = getattr(payload, "path", None)
         if path:
@@ -52,7 +54,7 @@ def _friendly(fn):
 
 def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
     def gallery(hits):
-        return [(engine.image(h.index), h.caption()) for h in hits]
+        return [(engine.image_path(h.index), h.caption()) for h in hits]
 
     @_friendly
     def text_search(query):
@@ -141,8 +143,9 @@ def make_engine(args) -> CatalogSearch:
 
 if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
-    demo = build_demo(make_engine(args))
-    demo.launch(server_name=args.host, server_port=args.port)
+    demo_engine = make_engine(args)
+    demo = build_demo(demo_engine)
+    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(demo_engine.cache_dir)])
 else:
     # `gradio demo/app.py` and Spaces import the module and look for `demo`; build it from the environment.
     if os.environ.get("SYNCMASK_DEMO_NO_AUTOLOAD") != "1":

@@ -41,7 +41,13 @@ def engine(tmp_path_factory):
 def server(engine):
     demo = build_demo(engine)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        allowed_paths=[str(engine.cache_dir)],
+    )
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,7 @@ class CatalogSearch:
         from .evaluation import EmbeddingIndex
 
         key = _fingerprint(self.model_path, catalog_key)
+        self.image_dir = self.cache_dir / f"{key}-images"
         cache = self.cache_dir / f"{key}.npz"
         if cache.is_file():
             data = np.load(cache)
@@ -258,6 +260,17 @@ class CatalogSearch:
 
     def image(self, index: int) -> Image.Image:
         return open_image(self.catalog[int(index)]["image"], f"catalogue item {index}")
+
+    def image_path(self, index: int) -> str:
+        """A JPEG file of catalogue item `index`, written once (atomically) and reused: servers hand out paths
+        instead of re-encoding the same picture for every request (which also races under concurrent queries)."""
+        path = self.image_dir / f"{int(index)}.jpg"
+        if not path.is_file():
+            self.image_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            self.image(index).save(tmp, format="JPEG", quality=90)
+            os.replace(tmp, path)
+        return str(path)
 
 
 def _as_tensor(features):
