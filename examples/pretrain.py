@@ -35,6 +35,7 @@ from syncmask_hf.data import load_catalog, product_disjoint_split, text_id
 from syncmask_hf.evaluation import RetrievalEvaluator, format_results_markdown, save_results
 from syncmask_hf.pretrained import resolve_pretrained
 from syncmask_hf.training import (
+    DEFAULT_CONFIGS,
     MODEL_SPECS,
     Progress,
     TrainingBuffers,
@@ -57,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--config",
         default=None,
-        help="hub_configs/ name, a folder with config.json, or a JSON file (default: the tiny config)",
+        help="hub_configs/ name, a folder with config.json, or a JSON file (default: syncmask-small, e2-tiny, fashionfae-tiny)",
     )
     p.add_argument(
         "--config_override",
@@ -205,7 +206,7 @@ def main(argv=None):
     set_seed(args.seed)
 
     config_cls, model_cls, mode = model_classes(args.model)
-    config_path = resolve_config_path(args.model, args.config, HUB_CONFIGS)
+    config_path = resolve_config_path(args.model, args.config or DEFAULT_CONFIGS[args.model], HUB_CONFIGS)
     config = (
         config_cls.from_json_file(str(config_path))
         if config_path.suffix == ".json"
@@ -353,17 +354,20 @@ def main(argv=None):
             print(f"skipped {progress.skipped_items} bad items (see the log for which)")
         print(f"model and processor saved to {final}")
         if args.push_to_hub:
-            from syncmask_hf.hub import push_model_folder, write_model_card
+            from syncmask_hf.hub import publish
 
             repo_id = args.hub_model_id or f"{args.model}-fashion"
-            write_model_card(
+            summary = {name: {k: results[name][k] for k in RECALL_COLUMNS} for name in ("full", "sample100")}
+            training_args = {k: v for k, v in vars(args).items() if k != "hub_token"}
+            urls = publish(
                 final,
-                model_name=repo_id,
+                repo_id,
+                metrics=summary,
+                training_args=training_args,
                 datasets=args.dataset or ["synthetic"],
-                metrics=results,
-                training_args=vars(args),
+                token=args.hub_token,
             )
-            print(push_model_folder(final, repo_id, token=args.hub_token))
+            print(f"pushed to {urls['model']}")
     accelerator.end_training()
     return results
 

@@ -59,7 +59,19 @@ def assert_same_weights(a: Path, b: Path, atol=0.0):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["syncmask"])
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, model):
-    common = [*TINY, "--model", model, "--max_steps", "8", "--checkpoint_every", "2", "--keep_checkpoints", "10"]
+    common = [
+        *TINY,
+        "--model",
+        model,
+        "--config",
+        f"{model}-tiny",
+        "--max_steps",
+        "8",
+        "--checkpoint_every",
+        "2",
+        "--keep_checkpoints",
+        "10",
+    ]
     ref = run([*common, "--output_dir", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr[-3000:]
 

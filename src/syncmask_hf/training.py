@@ -26,6 +26,11 @@ MODEL_SPECS: dict[str, tuple[str, str, str, str, str]] = {
 }
 
 
+# What examples/pretrain.py trains when --config is not given: small enough to learn something in a few CPU
+# minutes (the tiny configs are for tests and learn too little to show).
+DEFAULT_CONFIGS = {"syncmask": "syncmask-small", "e2": "e2-tiny", "fashionfae": "fashionfae-tiny"}
+
+
 def model_classes(model_name: str):
     """(config class, pretraining model class, collator mode) for a model name."""
     import syncmask_hf
