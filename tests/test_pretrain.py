@@ -178,6 +178,8 @@ def test_corrupt_image_is_skipped_and_counted_or_stops_the_run(tmp_path):
     common = [
         "--model",
         "syncmask",
+        "--config",
+        "syncmask-tiny",
         "--dataset",
         f"folder:{folder}",
         "--batch_size",
