@@ -213,12 +213,12 @@ def main(argv=None):
         else config_cls.from_pretrained(config_path.parent)
     )
     if args.config_override:
-        for key, value in json.loads(args.config_override).items():
-            if not hasattr(config, key):
-                raise ValueError(f"--config_override: {type(config).__name__} has no field {key!r}")
-            setattr(config, key, value)
-        if hasattr(config, "validate"):
-            config.validate()
+        overrides = json.loads(args.config_override)
+        unknown = sorted(k for k in overrides if not hasattr(config, k))
+        if unknown:
+            raise ValueError(f"--config_override: {type(config).__name__} has no field(s) {unknown}")
+        # Rebuilt from a dict so the config's own checks run on the new values.
+        config = config_cls.from_dict({**config.to_dict(), **overrides})
     text_source = resolve_pretrained(args.text_pretrained) if args.text_pretrained else None
     model = (
         model_cls.from_encoders(config, text=text_source, vision=args.vision_pretrained)
