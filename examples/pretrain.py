@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Pretrain SyncMask, E2 or FashionFAE with Accelerate.
 
-    accelerate launch examples/pretrain.py                       # offline: tiny SyncMask on the synthetic catalogue
+    accelerate launch examples/pretrain.py                       # offline: tiny E2 on the synthetic catalogue, ~2 min
     accelerate launch examples/pretrain.py --model e2 --dataset hm:../shared/data/hm --dataset myntra:../shared/data/myntra
     accelerate launch --mixed_precision bf16 examples/pretrain.py --model syncmask --config syncmask-base ...
     accelerate launch examples/pretrain.py ... --resume_from_checkpoint latest   # continue a killed run exactly
 
-With no arguments it trains the tiny SyncMask config on the embedded synthetic catalogue for a few minutes on CPU
+With no arguments it trains the tiny E2 config on the embedded synthetic catalogue for 200 steps (a few minutes on CPU)
 and prints retrieval recall on held-out products. Checkpoints (`Accelerator.save_state`, with the feature queues and
 the position in the data) go to `<output_dir>/checkpoints/step_N`; the final model and its processor to
 `<output_dir>/final` (`AutoModel.from_pretrained(<output_dir>/final, trust_remote_code=True)`).
@@ -54,7 +54,7 @@ logger = get_logger(__name__)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=sorted(MODEL_SPECS), default="syncmask")
+    p.add_argument("--model", choices=sorted(MODEL_SPECS), default="e2")
     p.add_argument(
         "--config",
         default=None,
@@ -80,7 +80,12 @@ def parse_args(argv=None):
         "--vision_pretrained", default=None, help="initialise the vision tower from a checkpoint folder / Hub id"
     )
     p.add_argument("--output_dir", default="outputs/pretrain")
-    p.add_argument("--num_epochs", type=int, default=4)
+    p.add_argument(
+        "--num_epochs",
+        type=int,
+        default=None,
+        help="default: 200 optimizer steps when neither --num_epochs nor --max_steps is given",
+    )
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument(
         "--max_train_minutes",
@@ -90,9 +95,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--batch_size", type=int, default=32, help="per-process batch size")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument(
-        "--learning_rate", type=float, default=None, help="default: 1e-4 (SyncMask, FashionFAE), 5e-4 (E2 stage 1)"
-    )
+    p.add_argument("--learning_rate", type=float, default=None, help="default: 1e-4 (SyncMask, FashionFAE), 5e-4 (E2)")
     p.add_argument("--weight_decay", type=float, default=0.02)
     p.add_argument("--warmup_steps", type=int, default=20)
     p.add_argument("--max_grad_norm", type=float, default=5.0)
@@ -104,8 +107,8 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--e2_stage",
-        choices=["1", "2", "both"],
-        default="both",
+        choices=["auto", "1", "2", "both"],
+        default="auto",
         help="E2: stage 1 trains only the new parameters, stage 2 everything; 'both' spends the first fifth of the steps in stage 1",
     )
     p.add_argument("--val_products", type=float, default=0.1, help="share of products held out for validation")
@@ -220,11 +223,14 @@ def main(argv=None):
         # Rebuilt from a dict so the config's own checks run on the new values.
         config = config_cls.from_dict({**config.to_dict(), **overrides})
     text_source = resolve_pretrained(args.text_pretrained) if args.text_pretrained else None
-    model = (
-        model_cls.from_encoders(config, text=text_source, vision=args.vision_pretrained)
-        if (text_source or args.vision_pretrained)
-        else model_cls(config)
-    )
+    if args.model == "e2" and args.vision_pretrained:
+        # E2 starts from a whole CLIP checkpoint (both towers); the new parameters are added on top.
+        model = model_cls.from_clip(args.vision_pretrained, entities=list(config.entities))
+        config = model.config
+    elif text_source or args.vision_pretrained:
+        model = model_cls.from_encoders(config, text=text_source, vision=args.vision_pretrained)
+    else:
+        model = model_cls(config)
     processor = build_processor(args.model, config, text_source)
 
     splits, collator = build_data(args, processor, mode, accelerator)
@@ -235,6 +241,9 @@ def main(argv=None):
     )
 
     lr = args.learning_rate or (5e-4 if args.model == "e2" else 1e-4)
+    if args.e2_stage == "auto":
+        # Two stages only make sense from a pretrained CLIP; a from-scratch tower trains everything from the start.
+        args.e2_stage = "both" if args.vision_pretrained else "2"
     e2_two_stage = args.model == "e2" and args.e2_stage in ("1", "both")
     if e2_two_stage:
         model.freeze_pretrained(True)
@@ -242,7 +251,7 @@ def main(argv=None):
 
     sampler0 = build_batch_sampler(args, train, accelerator, 0)
     steps_per_epoch = math.ceil(len(sampler0) / args.gradient_accumulation_steps)
-    total_steps = args.max_steps or args.num_epochs * steps_per_epoch
+    total_steps = args.max_steps or (args.num_epochs * steps_per_epoch if args.num_epochs else 200)
     scheduler = cosine_with_warmup(optimizer, args.warmup_steps, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_for_checkpointing(TrainingBuffers(accelerator.unwrap_model(model)))

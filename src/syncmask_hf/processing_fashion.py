@@ -388,6 +388,7 @@ class FashionProcessor(ProcessorMixin):
         text_format = self.text_format if text_format is None else text_format
         if text_format not in ("plain", "attributes"):
             raise ValueError(f"text_format must be 'plain' or 'attributes', got {text_format!r}")
+        explicit_entities = return_entities is not None
         return_entities = self.return_entities if return_entities is None else return_entities
         max_length = self.max_length if max_length is None else int(max_length)
         padding = self.padding if padding is None else padding
@@ -452,9 +453,11 @@ class FashionProcessor(ProcessorMixin):
             if return_text_ids:
                 data["text_ids"] = [stable_id(normalize_text(t)) for t in base_texts]
 
-        if return_entities:
-            if attributes is None and texts is None:
+        if return_entities and attributes is None and texts is None:
+            if explicit_entities:
                 raise ValueError("return_entities=True needs `attributes` (and/or text for the description entity).")
+            return_entities = False  # the processor's default, on an images-only call: nothing to build
+        if return_entities:
             data.update(self._entity_tensors(self._attribute_dicts(attributes, batch_size), texts, padding))
 
         if product_ids is not None:

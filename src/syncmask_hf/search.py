@@ -249,14 +249,18 @@ class CatalogSearch:
         )[0]
 
     def selection_overlay(self, image) -> tuple[Image.Image, dict[str, list[int]]] | None:
-        """For E2: the image with the patch each selection token picked drawn on it (one colour per entity)."""
-        if not hasattr(self.model, "get_selected_patches"):
+        """For E2: the image with the patch each selection token picked (last fusion block) drawn on it, one colour
+        per entity. None for models without selection tokens."""
+        if not hasattr(self.model.config, "tokens_per_entity"):
             return None
         picture = open_image(image)
         inputs = self.processor(images=[picture], return_tensors="pt")
         with torch.no_grad():
-            picked = self.model.get_selected_patches(pixel_values=inputs["pixel_values"].to(self.device))[0].cpu()
-        return draw_selected_patches(picture, picked, self.model.config)
+            out = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
+        picked = getattr(out, "selected_patches", None)
+        if picked is None:  # the selection tokens or fusion blocks are switched off in this checkpoint
+            return None
+        return draw_selected_patches(picture, picked[0].cpu(), self.model.config)
 
     def image(self, index: int) -> Image.Image:
         return open_image(self.catalog[int(index)]["image"], f"catalogue item {index}")
