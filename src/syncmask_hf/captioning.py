@@ -116,7 +116,7 @@ def train_decap(
     total = steps if steps is not None else epochs * steps_per_epoch
 
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     optimizer = torch.optim.AdamW(
