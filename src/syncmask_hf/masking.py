@@ -50,7 +50,9 @@ def apply_token_mask(
     Returns `(masked_input_ids, labels)` with labels -100 outside the mask.
     """
     labels = input_ids.masked_fill(~mask, -100)
-    draw = torch.rand(input_ids.shape, generator=generator, device="cpu" if generator is not None else input_ids.device)
+    draw = torch.rand(
+        input_ids.shape, generator=generator, device="cpu" if generator is not None else input_ids.device
+    )
     draw = draw.to(input_ids.device)
     to_random = mask & (draw < replace_prob)
     to_keep = mask & (draw >= replace_prob) & (draw < replace_prob + keep_prob)

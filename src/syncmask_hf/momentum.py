@@ -48,7 +48,9 @@ class FeatureQueue(nn.Module):
         self.size = size
         self.names = list(dims)
         for name, dim in dims.items():
-            self.register_buffer(f"{name}_queue", nn.functional.normalize(torch.randn(size, dim), dim=-1), persistent=False)
+            self.register_buffer(
+                f"{name}_queue", nn.functional.normalize(torch.randn(size, dim), dim=-1), persistent=False
+            )
         self.register_buffer("id_queue", torch.full((size,), -1, dtype=torch.long), persistent=False)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("filled", torch.zeros((), dtype=torch.long), persistent=False)

@@ -1,0 +1,380 @@
+#!/usr/bin/env python
+"""Pretrain SyncMask, E2 or FashionFAE with Accelerate.
+
+    accelerate launch examples/pretrain.py                       # offline: tiny SyncMask on the synthetic catalogue
+    accelerate launch examples/pretrain.py --model e2 --dataset hm:../shared/data/hm --dataset myntra:../shared/data/myntra
+    accelerate launch --mixed_precision bf16 examples/pretrain.py --model syncmask --config syncmask-base ...
+    accelerate launch examples/pretrain.py ... --resume_from_checkpoint latest   # continue a killed run exactly
+
+With no arguments it trains the tiny SyncMask config on the embedded synthetic catalogue for a few minutes on CPU
+and prints retrieval recall on held-out products. Checkpoints (`Accelerator.save_state`, with the feature queues and
+the position in the data) go to `<output_dir>/checkpoints/step_N`; the final model and its processor to
+`<output_dir>/final` (`AutoModel.from_pretrained(<output_dir>/final, trust_remote_code=True)`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+import syncmask_hf
+from syncmask_hf.data import concatenate_catalogs, load_catalog, product_disjoint_split
+from syncmask_hf.evaluation import format_results_markdown, save_results
+from syncmask_hf.pretrained import resolve_pretrained
+from syncmask_hf.training import (
+    MODEL_SPECS,
+    Progress,
+    TrainingBuffers,
+    build_processor,
+    cosine_with_warmup,
+    find_checkpoint,
+    model_classes,
+    parameter_groups,
+    prune_checkpoints,
+    resolve_config_path,
+)
+
+HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODEL_SPECS), default="syncmask")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="hub_configs/ name, a folder with config.json, or a JSON file (default: the tiny config)",
+    )
+    p.add_argument(
+        "--config_override",
+        default=None,
+        help='JSON of config fields to change, e.g. \'{"masking_strategy": "random"}\' (the ablations)',
+    )
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=None,
+        help="a data-layer source (repeat to mix), e.g. synthetic:2000, hm:PATH, myntra:PATH (default: synthetic:2400)",
+    )
+    p.add_argument(
+        "--text_pretrained",
+        default=None,
+        help="initialise the text tower from a BERT folder / Hub id ('minilm' = the offline all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--vision_pretrained", default=None, help="initialise the vision tower from a checkpoint folder / Hub id"
+    )
+    p.add_argument("--output_dir", default="outputs/pretrain")
+    p.add_argument("--num_epochs", type=int, default=4)
+    p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="stop after this much training time (then evaluate and save)",
+    )
+    p.add_argument("--batch_size", type=int, default=32, help="per-process batch size")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument(
+        "--learning_rate", type=float, default=None, help="default: 1e-4 (SyncMask, FashionFAE), 5e-4 (E2 stage 1)"
+    )
+    p.add_argument("--weight_decay", type=float, default=0.02)
+    p.add_argument("--warmup_steps", type=int, default=20)
+    p.add_argument("--max_grad_norm", type=float, default=5.0)
+    p.add_argument(
+        "--sampler",
+        choices=["default", "semi_hard", "random", "one_per_product"],
+        default="default",
+        help="default: semi_hard for SyncMask, one_per_product for E2, random for FashionFAE",
+    )
+    p.add_argument(
+        "--e2_stage",
+        choices=["1", "2", "both"],
+        default="both",
+        help="E2: stage 1 trains only the new parameters, stage 2 everything; 'both' spends the first fifth of the steps in stage 1",
+    )
+    p.add_argument("--val_products", type=float, default=0.1, help="share of products held out for validation")
+    p.add_argument(
+        "--test_products", type=float, default=0.15, help="share of products held out for the final evaluation"
+    )
+    p.add_argument(
+        "--eval_every",
+        type=int,
+        default=0,
+        help="evaluate on the validation products every N steps (0: only at the end)",
+    )
+    p.add_argument("--checkpoint_every", type=int, default=50, help="save_state every N optimizer steps (0: never)")
+    p.add_argument("--keep_checkpoints", type=int, default=2)
+    p.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument(
+        "--bad_items",
+        choices=["skip", "error"],
+        default="skip",
+        help="a corrupt or missing image: skip and count it, or stop with a clear error",
+    )
+    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--report_to", default="auto", help="'tensorboard', 'none' or 'auto' (TensorBoard when installed)")
+    p.add_argument("--push_to_hub", action="store_true")
+    p.add_argument("--hub_model_id", default=None)
+    p.add_argument("--hub_token", default=None)
+    return p.parse_args(argv)
+
+
+def build_data(args, processor, mode, accelerator):
+    sources = args.dataset or ["synthetic:2400"]
+    with accelerator.main_process_first():
+        catalog = concatenate_catalogs([load_catalog(s) for s in sources])
+        splits = product_disjoint_split(
+            catalog, test_size=args.test_products, val_size=args.val_products, seed=args.seed
+        )
+    collator = syncmask_hf.FashionCollator(processor, mode=mode, skip_bad=args.bad_items == "skip")
+    return splits, collator
+
+
+def build_batch_sampler(args, train, accelerator, epoch_seed):
+    kind = args.sampler
+    if kind == "default":
+        kind = {"syncmask": "semi_hard", "e2": "one_per_product"}.get(args.model, "random")
+    common = dict(
+        batch_size=args.batch_size,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+        seed=epoch_seed,
+    )
+    if kind == "semi_hard":
+        return syncmask_hf.GroupedSemiHardBatchSampler.from_catalog(train, **common)
+    if kind == "one_per_product":
+        return syncmask_hf.OneImagePerProductSampler(train["product_id"], drop_last=True, **common)
+    return syncmask_hf.RandomBatchSampler(len(train), drop_last=True, **common)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs"))
+    report_to = args.report_to
+    if report_to == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            report_to = "tensorboard"
+        except ImportError:
+            report_to = None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if report_to in (None, "none") else report_to,
+        project_config=project,
+        # Our batch samplers are rank-aware already: Accelerate must not shard their batches again.
+        dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+
+    config_cls, model_cls, mode = model_classes(args.model)
+    config_path = resolve_config_path(args.model, args.config, HUB_CONFIGS)
+    config = (
+        config_cls.from_json_file(str(config_path))
+        if config_path.suffix == ".json"
+        else config_cls.from_pretrained(config_path.parent)
+    )
+    if args.config_override:
+        for key, value in json.loads(args.config_override).items():
+            if not hasattr(config, key):
+                raise ValueError(f"--config_override: {type(config).__name__} has no field {key!r}")
+            setattr(config, key, value)
+        if hasattr(config, "validate"):
+            config.validate()
+    text_source = resolve_pretrained(args.text_pretrained) if args.text_pretrained else None
+    model = (
+        model_cls.from_encoders(config, text=text_source, vision=args.vision_pretrained)
+        if (text_source or args.vision_pretrained)
+        else model_cls(config)
+    )
+    processor = build_processor(args.model, config, text_source)
+
+    splits, collator = build_data(args, processor, mode, accelerator)
+    train = splits["train"]
+    logger.info(
+        f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; train {len(train)} items, validation {len(splits['validation'])}, test {len(splits['test'])}",
+        main_process_only=True,
+    )
+
+    lr = args.learning_rate or (5e-4 if args.model == "e2" else 1e-4)
+    e2_two_stage = args.model == "e2" and args.e2_stage in ("1", "both")
+    if e2_two_stage:
+        model.freeze_pretrained(True)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=lr)
+
+    sampler0 = build_batch_sampler(args, train, accelerator, args.seed)
+    steps_per_epoch = math.ceil(len(sampler0) / args.gradient_accumulation_steps)
+    total_steps = args.max_steps or args.num_epochs * steps_per_epoch
+    scheduler = cosine_with_warmup(optimizer, args.warmup_steps, total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.register_for_checkpointing(TrainingBuffers(accelerator.unwrap_model(model)))
+
+    progress = Progress()
+    if args.resume_from_checkpoint:
+        ckpt = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if ckpt is not None:
+            accelerator.load_state(str(ckpt))
+            progress = Progress.load(ckpt)
+            logger.info(
+                f"resumed from {ckpt}: step {progress.global_step}, epoch {progress.epoch}, batch {progress.batches_in_epoch}",
+                main_process_only=True,
+            )
+        else:
+            logger.info("no checkpoint yet: starting from scratch", main_process_only=True)
+    if report_to not in (None, "none"):
+        accelerator.init_trackers(
+            "pretrain", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        )
+
+    unwrapped = accelerator.unwrap_model(model)
+    stage2_step = max(1, total_steps // 5)
+    if e2_two_stage and args.e2_stage == "both" and progress.global_step >= stage2_step:
+        enter_e2_stage2(unwrapped, scheduler, scale_lr=False)  # resumed inside stage 2: the LR is in the checkpoint
+    bar = tqdm(
+        total=total_steps,
+        initial=progress.global_step,
+        disable=not accelerator.is_local_main_process,
+        desc=f"pretrain {args.model}",
+    )
+    started = time.monotonic()
+    done = progress.global_step >= total_steps
+    while not done and progress.epoch < 10**6:
+        sampler = build_batch_sampler(args, train, accelerator, args.seed + progress.epoch)
+        # The loader gets its own generator: creating its iterator must not draw from the global RNG, or a resumed
+        # run (whose iterator is created after load_state) would see different masks / negatives from then on.
+        loader = torch.utils.data.DataLoader(
+            train,
+            batch_sampler=sampler,
+            collate_fn=collator,
+            num_workers=args.num_workers,
+            generator=torch.Generator().manual_seed(args.seed + progress.epoch),
+        )
+        if progress.batches_in_epoch:
+            loader = accelerator.skip_first_batches(loader, progress.batches_in_epoch)
+        model.train()
+        for batch in loader:
+            batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                outputs = model(**batch, return_loss=True)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            progress.batches_in_epoch += 1
+            progress.samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            progress.global_step += 1
+            if hasattr(unwrapped, "update_teacher"):
+                unwrapped.update_teacher()  # one EMA step per optimizer step
+            if e2_two_stage and args.e2_stage == "both" and progress.global_step == stage2_step:
+                enter_e2_stage2(unwrapped, scheduler)
+            logs = {
+                k: float(v)
+                for k, v in outputs.items()
+                if k.startswith("loss") and isinstance(v, torch.Tensor) and v.numel() == 1
+            }
+            logs["lr"] = scheduler.get_last_lr()[0]
+            accelerator.log(logs, step=progress.global_step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}")
+            if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
+                save_checkpoint(accelerator, args, progress, collator)
+            if progress.global_step >= total_steps or (
+                args.max_train_minutes and time.monotonic() - started > 60 * args.max_train_minutes
+            ):
+                done = True
+                break
+        else:
+            progress.epoch += 1
+            progress.batches_in_epoch = 0
+    bar.close()
+    progress.skipped_items = int(getattr(collator, "num_skipped", 0))
+    train_minutes = (time.monotonic() - started) / 60
+
+    results = evaluate_split(accelerator, unwrapped, splits["test"], collator, args)
+    if accelerator.is_main_process:
+        final = Path(args.output_dir, "final")
+        unwrapped.save_pretrained(final)
+        processor.save_pretrained(final)
+        results["training"] = {
+            "model": args.model,
+            "config": str(config_path),
+            "steps": progress.global_step,
+            "samples_seen": progress.samples_seen,
+            "train_minutes": round(train_minutes, 2),
+            "skipped_bad_items": progress.skipped_items,
+            "datasets": args.dataset or ["synthetic:2400"],
+        }
+        save_results(results, final / "eval_results.json")
+        print(format_results_markdown(results))
+        if progress.skipped_items:
+            print(f"skipped {progress.skipped_items} bad items (see the log for which)")
+        print(f"model and processor saved to {final}")
+        if args.push_to_hub:
+            from syncmask_hf.hub import push_model_folder, write_model_card
+
+            repo_id = args.hub_model_id or f"{args.model}-fashion"
+            write_model_card(
+                final,
+                model_name=repo_id,
+                datasets=args.dataset or ["synthetic"],
+                metrics=results,
+                training_args=vars(args),
+            )
+            print(push_model_folder(final, repo_id, token=args.hub_token))
+    accelerator.end_training()
+    return results
+
+
+def enter_e2_stage2(model, scheduler, scale_lr=True):
+    """E2 stage 2: everything trains, at a tenth of the stage-1 rate (paper: 5e-4 then 5e-5)."""
+    model.freeze_pretrained(False)
+    if scale_lr:
+        inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate wraps the scheduler
+        inner.base_lrs = [lr * 0.1 for lr in inner.base_lrs]
+
+
+def save_checkpoint(accelerator, args, progress, collator):
+    folder = Path(args.output_dir, "checkpoints", f"step_{progress.global_step}")
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        progress.skipped_items = int(getattr(collator, "num_skipped", 0))
+        progress.save(folder)  # written last: marks the checkpoint complete
+        prune_checkpoints(args.output_dir, args.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def evaluate_split(accelerator, model, dataset, collator, args):
+    from syncmask_hf.evaluation import evaluate_retrieval
+
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collator, num_workers=args.num_workers)
+    with torch.no_grad():
+        results = evaluate_retrieval(
+            model, loader, device=accelerator.device, seed=args.seed, progress=accelerator.is_local_main_process
+        )
+    model.train()
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

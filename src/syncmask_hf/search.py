@@ -1,0 +1,309 @@
+"""Product search over a catalogue with any of the package's dual encoders: the engine behind the Gradio demo.
+
+`CatalogSearch` loads a model folder or Hub id (remote code is fine), embeds a catalogue once (cached on disk, keyed
+by the model's weights and the catalogue's fingerprint), and answers text -> products, image -> products / texts,
+reference image + modification text -> products, zero-shot attributes, captions (with a captioner, else the closest
+catalogue text, labelled as such) and, for E2, the patches each selection token picked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+# Uploads larger than this (in pixels) are refused before decoding: a decompression bomb must not take the server.
+MAX_UPLOAD_PIXELS = 40_000_000
+ATTRIBUTES = ("category", "subcategory", "color", "season", "brand", "gender")
+
+
+class BadImageError(ValueError):
+    """An upload that is not a usable image; the message says what to do."""
+
+
+def open_image(source, name: str = "the upload") -> Image.Image:
+    """Decode an upload (path, bytes, file object, numpy array or PIL image) to RGB, with a clear error otherwise."""
+    if source is None:
+        raise BadImageError(f"No image given for {name}: upload a JPEG or PNG photo.")
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = Image.fromarray(source)
+    else:
+        try:
+            if isinstance(source, (str, os.PathLike)):
+                if os.path.getsize(source) == 0:
+                    raise BadImageError(f"{name} is an empty file: upload a JPEG or PNG photo.")
+                fh = open(source, "rb")
+            else:
+                data = source if isinstance(source, bytes) else source.read()
+                if not data:
+                    raise BadImageError(f"{name} is empty: upload a JPEG or PNG photo.")
+                fh = io.BytesIO(data)
+            with fh:
+                image = Image.open(fh)
+                if image.width * image.height > MAX_UPLOAD_PIXELS:
+                    raise BadImageError(
+                        f"{name} is {image.width}x{image.height} pixels, more than the {MAX_UPLOAD_PIXELS:,} this demo "
+                        "accepts: resize it to a few megapixels and try again."
+                    )
+                image.load()
+        except BadImageError:
+            raise
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise BadImageError(
+                f"{name} is not an image this demo can read ({err}): upload a JPEG or PNG photo."
+            ) from None
+    if image.width * image.height > MAX_UPLOAD_PIXELS:
+        raise BadImageError(f"{name} is too large ({image.width}x{image.height}); resize it to a few megapixels.")
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+@dataclass
+class Hit:
+    index: int
+    score: float
+    text: str
+    product_id: str
+
+    def caption(self) -> str:
+        return f"{self.score:.3f} · {self.product_id} · {self.text[:120]}"
+
+
+def _fingerprint(model_path: str, catalog_key: str) -> str:
+    h = hashlib.sha256(catalog_key.encode())
+    folder = Path(model_path)
+    if folder.is_dir():
+        for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+            if f.exists():
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        h.update(model_path.encode())
+    return h.hexdigest()[:16]
+
+
+class CatalogSearch:
+    """Embeds a catalogue with a model once and searches it.
+
+    Args:
+        model: a model folder or Hub id (any model of this package: `AutoModel.from_pretrained(..., trust_remote_code=True)`).
+        catalog: a `datasets.Dataset` in the catalogue schema, or a data-layer source string (`"synthetic:2000"`, `"hm:PATH"`).
+        cache_dir: where the gallery embeddings are cached (default `~/.cache/syncmask_hf/search`).
+        captioner: an optional captioning model folder (the package's DeCap-style captioner).
+    """
+
+    def __init__(self, model, catalog, *, cache_dir=None, captioner=None, device="cpu", batch_size=64, max_items=None):
+        from transformers import AutoModel, AutoProcessor
+
+        self.device = torch.device(device)
+        self.model_path = str(model)
+        self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(self.model_path, trust_remote_code=True)
+        if isinstance(catalog, str):
+            from .data import load_catalog
+
+            catalog_key, catalog = catalog, load_catalog(catalog)
+        else:
+            catalog_key = getattr(catalog, "_fingerprint", None) or str(len(catalog))
+        if max_items is not None:
+            catalog = catalog.select(range(min(max_items, len(catalog))))
+            catalog_key += f"[:{max_items}]"
+        self.catalog = catalog
+        self.texts = list(catalog["text"])
+        self.product_ids = list(catalog["product_id"])
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "syncmask_hf" / "search")
+        self.batch_size = batch_size
+        self._build_index(catalog_key)
+        self.captioner = None
+        if captioner:
+            self.captioner = AutoModel.from_pretrained(str(captioner), trust_remote_code=True).to(self.device).eval()
+        self._attribute_cache: dict[str, tuple[list[str], torch.Tensor]] = {}
+
+    # -- encoding ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        inputs = self.processor(images=images, return_tensors="pt")
+        feats = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
+        return F.normalize(_as_tensor(feats).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
+        feats = self.model.get_text_features(
+            input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
+        )
+        return F.normalize(_as_tensor(feats).float(), dim=-1).cpu()
+
+    def _build_index(self, catalog_key: str) -> None:
+        from tqdm.auto import tqdm
+
+        from .evaluation import EmbeddingIndex
+
+        key = _fingerprint(self.model_path, catalog_key)
+        cache = self.cache_dir / f"{key}.npz"
+        if cache.is_file():
+            data = np.load(cache)
+            image_embeds, text_embeds = data["image"], data["text"]
+            logger.info("loaded cached gallery embeddings from %s", cache)
+        else:
+            image_chunks, text_chunks = [], []
+            n = len(self.catalog)
+            for start in tqdm(range(0, n, self.batch_size), desc="indexing catalogue"):
+                rows = self.catalog[start : start + self.batch_size]
+                image_chunks.append(
+                    self.encode_images([open_image(im, f"item {start + i}") for i, im in enumerate(rows["image"])])
+                )
+                text_chunks.append(self.encode_texts(rows["text"]))
+            image_embeds = torch.cat(image_chunks).numpy()
+            text_embeds = torch.cat(text_chunks).numpy()
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp.npz")
+            np.savez(tmp, image=image_embeds, text=text_embeds)
+            os.replace(tmp, cache)  # atomic: a killed indexing run never leaves a truncated cache
+            (self.cache_dir / f"{key}.json").write_text(json.dumps({"model": self.model_path, "catalog": catalog_key}))
+        self.image_embeds = torch.from_numpy(image_embeds)
+        self.text_embeds = torch.from_numpy(text_embeds)
+        self.image_index = EmbeddingIndex(image_embeds)
+        self.text_index = EmbeddingIndex(text_embeds)
+
+    # -- queries -------------------------------------------------------------------------------------------
+    def _hits(self, index, query: torch.Tensor, k: int) -> list[Hit]:
+        scores, ids = index.search(query.numpy().reshape(1, -1), min(k, len(self.texts)))
+        return [
+            Hit(int(i), float(s), self.texts[int(i)], self.product_ids[int(i)])
+            for s, i in zip(scores[0], ids[0])
+            if i >= 0
+        ]
+
+    def search_text(self, query: str, k: int = 12) -> list[Hit]:
+        query = (query or "").strip()
+        if not query:
+            raise ValueError("Type a description to search for, e.g. 'red striped dress'.")
+        return self._hits(self.image_index, self.encode_texts([query])[0], k)
+
+    def search_image(self, image, k: int = 12) -> tuple[list[Hit], list[Hit]]:
+        """Products whose photos look alike, and the catalogue texts that describe the photo best."""
+        emb = self.encode_images([open_image(image)])[0]
+        return self._hits(self.image_index, emb, k), _unique_texts(self._hits(self.text_index, emb, 4 * k), k)
+
+    def search_modified(self, image, modification: str, k: int = 12) -> list[Hit]:
+        """Text-guided retrieval: 'this one, but in red'. The query is the normalised sum of the reference image's
+        and the modification text's embeddings (the zero-shot composition E2 and CLIP-based TGIR use)."""
+        modification = (modification or "").strip()
+        if not modification:
+            raise ValueError("Describe the change you want, e.g. 'in red' or 'with long sleeves'.")
+        query = F.normalize(
+            self.encode_images([open_image(image, "the reference image")])[0] + self.encode_texts([modification])[0],
+            dim=-1,
+        )
+        return self._hits(self.image_index, query, k)
+
+    def attributes(self, image) -> dict[str, tuple[str, float]]:
+        """Zero-shot attributes: each attribute's catalogue values scored against the image, softmax over values."""
+        emb = self.encode_images([open_image(image)])[0]
+        scale = (
+            float(getattr(self.model, "logit_scale", torch.tensor(np.log(100.0))).exp())
+            if hasattr(self.model, "logit_scale")
+            else 100.0
+        )
+        out = {}
+        for attribute in ATTRIBUTES:
+            if attribute not in self.catalog.column_names:
+                continue
+            if attribute not in self._attribute_cache:
+                values = sorted({v for v in self.catalog[attribute] if v})
+                if len(values) < 2:
+                    continue
+                self._attribute_cache[attribute] = (values, self.encode_texts(values))
+            values, embeds = self._attribute_cache[attribute]
+            probs = torch.softmax(min(scale, 100.0) * embeds @ emb, dim=0)
+            best = int(probs.argmax())
+            out[attribute] = (values[best], float(probs[best]))
+        return out
+
+    def caption(self, image, max_new_tokens: int = 40, num_beams: int = 3) -> str:
+        emb = self.encode_images([open_image(image)])
+        if self.captioner is None:
+            hit = self._hits(self.text_index, emb[0], 1)[0]
+            return f"(closest catalogue text) {hit.text}"
+        return self.captioner.caption(
+            emb.to(self.device), self.processor.tokenizer, num_beams=num_beams, max_new_tokens=max_new_tokens
+        )[0]
+
+    def selection_overlay(self, image) -> tuple[Image.Image, dict[str, list[int]]] | None:
+        """For E2: the image with the patch each selection token picked drawn on it (one colour per entity)."""
+        if not hasattr(self.model, "get_selected_patches"):
+            return None
+        picture = open_image(image)
+        inputs = self.processor(images=[picture], return_tensors="pt")
+        with torch.no_grad():
+            picked = self.model.get_selected_patches(pixel_values=inputs["pixel_values"].to(self.device))[0].cpu()
+        return draw_selected_patches(picture, picked, self.model.config)
+
+    def image(self, index: int) -> Image.Image:
+        return open_image(self.catalog[int(index)]["image"], f"catalogue item {index}")
+
+
+def _as_tensor(features):
+    """Models return a tensor (CLIP-style) or an output object holding one."""
+    if isinstance(features, torch.Tensor):
+        return features
+    for name in ("pooler_output", "image_embeds", "text_embeds", "last_hidden_state"):
+        value = getattr(features, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"cannot read features from {type(features).__name__}")
+
+
+def _unique_texts(hits: list[Hit], k: int) -> list[Hit]:
+    seen, out = set(), []
+    for hit in hits:
+        if hit.text not in seen:
+            seen.add(hit.text)
+            out.append(hit)
+    return out[:k]
+
+
+ENTITY_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0"]
+
+
+def draw_selected_patches(
+    picture: Image.Image, picked: torch.Tensor, config
+) -> tuple[Image.Image, dict[str, list[int]]]:
+    """Draw each selection token's picked patch (last fusion block) as a box coloured by entity."""
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    entities = list(config.entities)
+    per_entity = int(config.tokens_per_entity)
+    shown = picture.copy()
+    draw = ImageDraw.Draw(shown)
+    cell_w, cell_h = shown.width / grid, shown.height / grid
+    legend: dict[str, list[int]] = {}
+    last = picked[..., -1] if picked.dim() == 2 else picked
+    for token, patch in enumerate(last.tolist()):
+        entity = entities[token // per_entity] if token // per_entity < len(entities) else f"token {token}"
+        row, col = divmod(int(patch), grid)
+        colour = ENTITY_COLOURS[(token // per_entity) % len(ENTITY_COLOURS)]
+        draw.rectangle(
+            [col * cell_w, row * cell_h, (col + 1) * cell_w - 1, (row + 1) * cell_h - 1],
+            outline=colour,
+            width=max(2, shown.width // 100),
+        )
+        legend.setdefault(entity, []).append(int(patch))
+    return shown, legend

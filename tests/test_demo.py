@@ -1,0 +1,161 @@
+"""The Gradio demo, driven as users and clients drive it: gradio_client on every endpoint, bad uploads, concurrent
+queries, and a real headless Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+os.environ["SYNCMASK_DEMO_NO_AUTOLOAD"] = "1"
+
+from demo.app import build_demo  # noqa: E402
+from syncmask_hf.search import CatalogSearch  # noqa: E402
+
+from .helpers import save_tiny_model  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    model_dir = save_tiny_model("syncmask", root / "model")
+    return CatalogSearch(model_dir, "synthetic:48", cache_dir=root / "cache")
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    demo = build_demo(engine)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(server, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, engine) -> str:
+    path = tmp_path_factory.mktemp("photos") / "query.png"
+    engine.image(0).save(path)
+    return str(path)
+
+
+def test_index_is_cached_on_disk(engine, tmp_path):
+    cached = list(engine.cache_dir.glob("*.npz"))
+    assert len(cached) == 1
+    again = CatalogSearch(engine.model_path, "synthetic:48", cache_dir=engine.cache_dir)
+    assert (again.image_embeds == engine.image_embeds).all()
+
+
+def test_text_search_endpoint(client):
+    results = client.predict("red dress", api_name="/text_search")
+    assert len(results) == 12
+    assert all(Path(item["image"]).is_file() and item["caption"] for item in results)
+
+
+def test_image_search_endpoint_returns_products_and_texts(client, photo, engine):
+    products, texts = client.predict(gradio_client.handle_file(photo), api_name="/image_search")
+    assert len(products) == 12 and texts.count("\n") >= 1
+    # The query is catalogue item 0 itself: it must come first.
+    assert products[0]["caption"].split(" · ")[1] == engine.product_ids[0]
+
+
+def test_modified_search_endpoint(client, photo):
+    results = client.predict(gradio_client.handle_file(photo), "in red", api_name="/modified_search")
+    assert len(results) == 12
+
+
+def test_describe_endpoint(client, photo, engine):
+    caption, attributes, overlay, legend = client.predict(gradio_client.handle_file(photo), api_name="/describe")
+    assert caption.startswith("(closest catalogue text)") and len(caption) > 30
+    assert set(attributes) >= {"category", "color"}
+    assert overlay is None  # a SyncMask model has no selection tokens
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("notes.txt", b"this is not a picture", "not an image"),
+        ("empty.png", b"", "empty"),
+    ],
+)
+def test_bad_uploads_get_a_message(client, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(Exception, match=message):
+        client.predict(gradio_client.handle_file(str(path)), api_name="/image_search")
+
+
+def test_huge_upload_gets_a_message(client, tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (9000, 6000), 200).save(path)  # 54 MP, compresses to a few KB
+    with pytest.raises(Exception, match="resize"):
+        client.predict(gradio_client.handle_file(str(path)), api_name="/image_search")
+
+
+def test_empty_query_gets_a_message(client):
+    with pytest.raises(Exception, match="Type a description"):
+        client.predict("   ", api_name="/text_search")
+
+
+def test_32_concurrent_queries_are_all_answered(client):
+    queries = [
+        f"{c} {g}"
+        for c in ("red", "blue", "black", "white")
+        for g in ("dress", "shirt", "skirt", "jacket", "trousers", "top", "coat", "t-shirt")
+    ]
+    assert len(queries) == 32
+    jobs = [client.submit(q, api_name="/text_search") for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=300), jobs))
+    assert len(results) == 32 and all(len(r) == 12 for r in results)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_browser_search_and_upload(server, photo, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    screenshot = Path(os.environ.get("DEMO_SCREENSHOT", tmp_path / "demo.png"))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server, wait_until="networkidle")
+        page.locator("#text-query textarea").fill("blue striped shirt")
+        page.locator("#text-search").click()
+        page.wait_for_selector("#text-results img", timeout=60_000)
+        assert page.locator("#text-results img").count() >= 6
+        page.screenshot(path=str(screenshot), full_page=True)
+        page.get_by_role("tab", name="Image → products & texts").click()
+        page.locator("#image-query input[type=file]").set_input_files(photo)
+        page.locator("#image-search").click()
+        page.wait_for_function("document.querySelectorAll('img').length > 14", timeout=60_000)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
