@@ -286,3 +286,26 @@ def test_bad_inputs_give_clear_errors():
         model(input_ids=torch.full((1, 40), 7), prefix_embeds=torch.randn(1, PREFIX_DIM))
     with pytest.raises(ValueError, match="one row per text"):
         train_decap(model, torch.randn(2, PREFIX_DIM), ids, torch.ones_like(ids), steps=1)
+
+
+def test_train_decap_with_accelerator_sets_memory():
+    from accelerate import Accelerator
+
+    model = FashionDeCapForCaptioning(tiny_config())
+    ids = torch.tensor([[2, 7, 8, 3, 0], [2, 9, 3, 0, 0], [2, 10, 11, 12, 3]])
+    embeds = torch.randn(3, PREFIX_DIM)
+    before = model.prefix_projection.layers[0].weight.detach().clone()
+    losses = train_decap(
+        model,
+        embeds,
+        ids,
+        (ids != 0).long(),
+        epochs=2,
+        batch_size=2,
+        accelerator=Accelerator(cpu=True),
+        progress=False,
+    )
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)  # 2 epochs x 2 batches
+    assert not torch.equal(before, model.prefix_projection.layers[0].weight)
+    torch.testing.assert_close(model.memory, F.normalize(embeds, dim=-1))  # DeCap's memory: the training texts
+    assert model.config.memory_size == 3

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from .training import parameter_groups
+
 __all__ = ["train_decap", "caption_images", "encode_texts", "encode_images", "features_tensor"]
 
 
@@ -115,14 +117,10 @@ def train_decap(
         steps_per_epoch = math.ceil(steps_per_epoch / accelerator.num_processes)
     total = steps if steps is not None else epochs * steps_per_epoch
 
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
+    # An accelerate-prepared scheduler steps once per process per optimiser step: scale its horizon to match.
+    scale = accelerator.num_processes if accelerator is not None else 1
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps * scale, total * scale)
     if accelerator is not None:
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         device, show = accelerator.device, progress and accelerator.is_local_main_process
