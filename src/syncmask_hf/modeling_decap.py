@@ -228,10 +228,12 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
             position_ids = torch.cat([prefix_positions, position_ids], dim=1)
         else:
             inputs_embeds = token_embeds
-        if position_ids.max() >= self.config.text_config.n_positions:
+        # Positions never exceed sequence indices, so this shape-only bound avoids a device sync per decoding step.
+        if past_length + inputs_embeds.shape[1] > self.config.text_config.n_positions:
             raise ValueError(
-                f"Sequence too long: prefix ({prefix_length}) + text reaches position {int(position_ids.max())} but "
-                f"text_config.n_positions={self.config.text_config.n_positions}; truncate the text or raise it."
+                f"Sequence too long: prefix ({prefix_length}) + text = {past_length + inputs_embeds.shape[1]} "
+                f"positions but text_config.n_positions={self.config.text_config.n_positions}; truncate the text or "
+                "raise it."
             )
         if attention_mask is not None:
             ones = attention_mask.new_ones(batch_size, prefix_length)
