@@ -17,11 +17,14 @@ from transformers import (
 )
 
 from . import data, evaluation
+from .captioning import caption_images, train_decap
+from .configuration_decap import FashionDeCapConfig
 from .configuration_e2 import E2Config
 from .configuration_syncmask import SyncMaskConfig
 from .data import CATALOG_FEATURES, load_catalog, load_fashioniq, product_disjoint_split
 from .e2_sampling import OneImagePerProductSampler
 from .masking import synchronized_masks, synchronized_scores
+from .modeling_decap import FashionDeCapForCaptioning, FashionDeCapOutput, FashionDeCapPreTrainedModel
 from .modeling_e2 import E2FusionBlock, E2Model, E2Output, E2PreTrainedModel, E2VisionOutput
 from .modeling_syncmask import (
     SyncMaskForImageTextRetrieval,
@@ -47,6 +50,10 @@ from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
 AutoConfig.register("syncmask", SyncMaskConfig, exist_ok=True)
 AutoModel.register(SyncMaskConfig, SyncMaskModel, exist_ok=True)
 AutoModelForPreTraining.register(SyncMaskConfig, SyncMaskForPreTraining, exist_ok=True)
+# The captioner is the whole model and generates, but always from an embedding prefix, so it is an AutoModel and
+# not an AutoModelForCausalLM (whose contract is generating from input_ids alone).
+AutoConfig.register("fashion_decap", FashionDeCapConfig, exist_ok=True)
+AutoModel.register(FashionDeCapConfig, FashionDeCapForCaptioning, exist_ok=True)
 AutoConfig.register("e2", E2Config, exist_ok=True)
 AutoModel.register(E2Config, E2Model, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(E2Config, E2Model, exist_ok=True)
@@ -61,6 +68,12 @@ __all__ = [
     "__version__",
     "CATALOG_FEATURES",
     "E2Config",
+    "FashionDeCapConfig",
+    "FashionDeCapForCaptioning",
+    "FashionDeCapOutput",
+    "FashionDeCapPreTrainedModel",
+    "caption_images",
+    "train_decap",
     "E2FusionBlock",
     "E2Model",
     "E2Output",

@@ -1,0 +1,189 @@
+"""Training and inference helpers for the DeCap-style captioner, kept out of the modeling file so scripts stay thin.
+
+Typical use (text-only training, zero-shot captioning):
+
+    text_embeds = encode_texts(encoder, input_ids, attention_mask)         # frozen encoder, normalised
+    train_decap(captioner, text_embeds, input_ids, attention_mask, epochs=5, lr=1e-4, batch_size=64)
+    # train_decap also stores text_embeds as the projection memory (DeCap: the training texts)
+    image_embeds = encode_images(encoder, pixel_values)
+    captions = caption_images(captioner, image_embeds, tokenizer, num_beams=3)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from .training import parameter_groups
+
+__all__ = ["train_decap", "caption_images", "encode_texts", "encode_images", "features_tensor"]
+
+
+def features_tensor(output) -> torch.Tensor:
+    """The embedding tensor out of a `get_text_features` / `get_image_features` result.
+
+    Accepts a tensor (most encoders here) or a transformers output (v5 CLIP returns `BaseModelOutputWithPooling`
+    whose `pooler_output` holds the projected features).
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in ("pooler_output", "text_embeds", "image_embeds"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"Cannot find an embedding tensor in {type(output).__name__}; expected a tensor or pooler_output.")
+
+
+@torch.no_grad()
+def encode_texts(
+    encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256, progress: bool = False
+) -> torch.Tensor:
+    """L2-normalised `encoder.get_text_features` for all rows, in batches, on the encoder's device; returns CPU fp32."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    chunks = []
+    for start in tqdm(range(0, len(input_ids), batch_size), desc="embed texts", disable=not progress):
+        out = encoder.get_text_features(
+            input_ids=input_ids[start : start + batch_size].to(device),
+            attention_mask=attention_mask[start : start + batch_size].to(device),
+        )
+        chunks.append(F.normalize(features_tensor(out).float(), dim=-1).cpu())
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def encode_images(encoder, pixel_values: torch.Tensor | Iterable, batch_size: int = 128, progress: bool = False):
+    """L2-normalised `encoder.get_image_features` of a (N,3,H,W) tensor or an iterable of pixel batches."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    if isinstance(pixel_values, torch.Tensor):
+        pixel_values = pixel_values.split(batch_size)
+    chunks = []
+    for batch in tqdm(pixel_values, desc="embed images", disable=not progress):
+        if isinstance(batch, dict):
+            batch = batch["pixel_values"]
+        out = encoder.get_image_features(pixel_values=batch.to(device))
+        chunks.append(F.normalize(features_tensor(out).float(), dim=-1).cpu())
+    return torch.cat(chunks)
+
+
+def train_decap(
+    model,
+    text_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+    lr: float = 1e-4,
+    batch_size: int = 64,
+    weight_decay: float = 0.01,
+    warmup_steps: int = 0,
+    max_grad_norm: float | None = 1.0,
+    accelerator=None,
+    set_memory: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Train a `FashionDeCapForCaptioning` on text only: (text embedding, token ids of the same text) pairs.
+
+    Loss: the model's next-token cross-entropy over the text tokens (padding ignored). AdamW with linear warmup and
+    decay. Give `epochs` or `steps` (steps win when both are given). With an `accelerate.Accelerator`, the model,
+    optimiser and loader are prepared by it (multi-GPU, mixed precision); otherwise everything runs on the model's
+    device. When `set_memory`, the training text embeddings become the model's projection memory afterwards (DeCap's
+    memory is the training text corpus). Returns the per-step losses.
+    """
+    if not (len(text_embeds) == len(input_ids) == len(attention_mask)):
+        raise ValueError(
+            f"text_embeds ({len(text_embeds)}), input_ids ({len(input_ids)}) and attention_mask ({len(attention_mask)}) "
+            "must have one row per text."
+        )
+    if len(input_ids) == 0:
+        raise ValueError("train_decap got no texts.")
+    if epochs is None and steps is None:
+        raise ValueError("Give train_decap `epochs` or `steps`.")
+    from transformers import get_linear_schedule_with_warmup
+
+    generator = torch.Generator().manual_seed(seed)
+    dataset = TensorDataset(text_embeds.float(), input_ids.long(), attention_mask.long())
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False)
+    steps_per_epoch = len(loader)
+    if accelerator is not None:
+        steps_per_epoch = math.ceil(steps_per_epoch / accelerator.num_processes)
+    total = steps if steps is not None else epochs * steps_per_epoch
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
+    # An accelerate-prepared scheduler steps once per process per optimiser step: scale its horizon to match.
+    scale = accelerator.num_processes if accelerator is not None else 1
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps * scale, total * scale)
+    if accelerator is not None:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        device, show = accelerator.device, progress and accelerator.is_local_main_process
+    else:
+        device, show = next(model.parameters()).device, progress
+
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(total=total, desc="train decap", disable=not show)
+    while len(losses) < total:
+        for embeds, ids, mask in loader:
+            # Trim batch-wide padding columns: cheaper and identical loss.
+            width = int(mask.sum(1).max())
+            ids, mask = ids[:, :width].to(device), mask[:, :width].to(device)
+            out = model(input_ids=ids, attention_mask=mask, prefix_embeds=embeds.to(device), return_loss=True)
+            if accelerator is not None:
+                accelerator.backward(out.loss)
+                if max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            else:
+                out.loss.backward()
+                if max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(out.loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if len(losses) >= total:
+                break
+    bar.close()
+    model.eval()
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    if set_memory:
+        unwrapped.set_memory(text_embeds.to(next(unwrapped.parameters()).device))
+    return losses
+
+
+@torch.no_grad()
+def caption_images(
+    model,
+    image_embeds: torch.Tensor,
+    tokenizer,
+    *,
+    batch_size: int = 64,
+    num_beams: int = 1,
+    max_new_tokens: int = 40,
+    memory_temperature: float | None = None,
+    progress: bool = False,
+    **generate_kwargs,
+) -> list[str]:
+    """Zero-shot captions for image embeddings: project onto the model's text memory, then greedy/beam decode."""
+    model.eval()
+    device = next(model.parameters()).device
+    captions: list[str] = []
+    for start in tqdm(range(0, len(image_embeds), batch_size), desc="caption", disable=not progress):
+        captions += model.caption(
+            image_embeds[start : start + batch_size].to(device),
+            tokenizer,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            memory_temperature=memory_temperature,
+            **generate_kwargs,
+        )
+    return captions
