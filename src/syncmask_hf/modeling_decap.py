@@ -320,4 +320,8 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
         return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
 
+# save_pretrained writes `auto_map` and copies this code, so Hub copies load with trust_remote_code=True.
+FashionDeCapConfig.register_for_auto_class()
+FashionDeCapForCaptioning.register_for_auto_class("AutoModel")
+
 __all__ = ["FashionDeCapForCaptioning", "FashionDeCapPreTrainedModel", "FashionDeCapOutput"]
