@@ -19,24 +19,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from .features import features_tensor
 from .training import parameter_groups
 
 __all__ = ["train_decap", "caption_images", "encode_texts", "encode_images", "features_tensor"]
-
-
-def features_tensor(output) -> torch.Tensor:
-    """The embedding tensor out of a `get_text_features` / `get_image_features` result.
-
-    Accepts a tensor (most encoders here) or a transformers output (v5 CLIP returns `BaseModelOutputWithPooling`
-    whose `pooler_output` holds the projected features).
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    for name in ("pooler_output", "text_embeds", "image_embeds"):
-        value = getattr(output, name, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    raise TypeError(f"Cannot find an embedding tensor in {type(output).__name__}; expected a tensor or pooler_output.")
 
 
 @torch.no_grad()

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from .features import features_tensor
+
 logger = logging.getLogger(__name__)
 
 # Uploads larger than this (in pixels) are refused before decoding: a decompression bomb must not take the server.
@@ -141,7 +143,7 @@ class CatalogSearch:
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         inputs = self.processor(images=images, return_tensors="pt")
         feats = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
-        return F.normalize(_as_tensor(feats).float(), dim=-1).cpu()
+        return F.normalize(features_tensor(feats).float(), dim=-1).cpu()
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -149,7 +151,7 @@ class CatalogSearch:
         feats = self.model.get_text_features(
             input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
         )
-        return F.normalize(_as_tensor(feats).float(), dim=-1).cpu()
+        return F.normalize(features_tensor(feats).float(), dim=-1).cpu()
 
     def _build_index(self, catalog_key: str) -> None:
         from tqdm.auto import tqdm
@@ -219,11 +221,8 @@ class CatalogSearch:
     def attributes(self, image) -> dict[str, tuple[str, float]]:
         """Zero-shot attributes: each attribute's catalogue values scored against the image, softmax over values."""
         emb = self.encode_images([open_image(image)])[0]
-        scale = (
-            float(getattr(self.model, "logit_scale", torch.tensor(np.log(100.0))).exp())
-            if hasattr(self.model, "logit_scale")
-            else 100.0
-        )
+        # The model's own contrastive scale where it has one (CLIP-style); SyncMask-style models use a temperature.
+        scale = float(self.model.logit_scale.detach().exp()) if hasattr(self.model, "logit_scale") else 100.0
         out = {}
         for attribute in ATTRIBUTES:
             if attribute not in self.catalog.column_names:
@@ -275,17 +274,6 @@ class CatalogSearch:
             self.image(index).save(tmp, format="JPEG", quality=90)
             os.replace(tmp, path)
         return str(path)
-
-
-def _as_tensor(features):
-    """Models return a tensor (CLIP-style) or an output object holding one."""
-    if isinstance(features, torch.Tensor):
-        return features
-    for name in ("pooler_output", "image_embeds", "text_embeds", "last_hidden_state"):
-        value = getattr(features, name, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    raise TypeError(f"cannot read features from {type(features).__name__}")
 
 
 def _unique_texts(hits: list[Hit], k: int) -> list[Hit]:

@@ -10,22 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..features import features_tensor
 from .retrieval import retrieval_recall, sample100_recall
-
-
-def _features(output: Any, kind: str) -> torch.Tensor:
-    """The embedding tensor from ``get_*_features``: a tensor, or a ModelOutput (transformers v5 CLIP returns one
-    whose ``pooler_output`` is the projected embedding)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    for name in (f"{kind}_embeds", "pooler_output"):
-        value = getattr(output, name, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    raise TypeError(
-        f"get_{kind}_features returned {type(output).__name__} without a tensor, `{kind}_embeds` or `pooler_output`; "
-        "it must return the (batch, dim) joint-space embeddings."
-    )
 
 
 def _column(batch: Mapping, key: str, n: int) -> list | None:
@@ -105,8 +91,8 @@ class RetrievalEvaluator:
                     input_ids=batch["input_ids"].to(self.device),
                     attention_mask=batch["attention_mask"].to(self.device),
                 )
-                images.append(_features(img, "image").float().cpu())
-                texts.append(_features(txt, "text").float().cpu())
+                images.append(features_tensor(img, "image").float().cpu())
+                texts.append(features_tensor(txt, "text").float().cpu())
                 pids.extend(_column(batch, "product_ids", n))
                 t = _column(batch, "text_ids", n)
                 s = _column(batch, "subcategory", n)
