@@ -8,15 +8,12 @@ __version__ = "0.1.0"
 from .pretrained import minilm_path, resolve_pretrained  # noqa: E402
 
 # >>> FashionFAE (issue 5) >>>
+# isort: split
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining  # noqa: E402
 
 from .configuration_fashionfae import FashionFAEConfig  # noqa: E402
-from .modeling_fashionfae import (  # noqa: E402
-    FashionFAEForPreTraining,
-    FashionFAEModel,
-    FashionFAEPreTrainedModel,
-)
-from .task_sampler import FashionFAETaskSampler  # noqa: E402
+from .modeling_fashionfae import FashionFAEForPreTraining, FashionFAEModel, FashionFAEPreTrainedModel  # noqa: E402, F401
+from .task_sampler import FashionFAETaskSampler  # noqa: E402, F401
 
 AutoConfig.register("fashionfae", FashionFAEConfig, exist_ok=True)
 AutoModel.register(FashionFAEConfig, FashionFAEModel, exist_ok=True)

@@ -118,7 +118,9 @@ class FashionFAEConfig(PreTrainedConfig):
         self.apir_vq_num_codes = apir_vq_num_codes
         self.itm_hard_negatives = itm_hard_negatives
         self.itm_negative_fraction = itm_negative_fraction
-        self.task_probs = dict(task_probs) if task_probs is not None else {"itm": 0.23, "itc": 0.31, "mlm": 0.23, "apir": 0.23}
+        self.task_probs = (
+            dict(task_probs) if task_probs is not None else {"itm": 0.23, "itc": 0.31, "mlm": 0.23, "apir": 0.23}
+        )
         self.task_sampler_seed = task_sampler_seed
         self.mask_token_id = mask_token_id
         self.cls_token_id = cls_token_id
@@ -146,41 +148,76 @@ class FashionFAEConfig(PreTrainedConfig):
             bad("task_probs", probs, f"give a dict over {list(FASHIONFAE_TASKS)}")
         unknown = sorted(set(probs) - set(FASHIONFAE_TASKS))
         if unknown:
-            bad("task_probs", probs, f"unknown task(s) {unknown}; tasks are {list(FASHIONFAE_TASKS)} (AETP runs in the 'mlm' slot when aetp=True)")
+            bad(
+                "task_probs",
+                probs,
+                f"unknown task(s) {unknown}; tasks are {list(FASHIONFAE_TASKS)} (AETP runs in the 'mlm' slot when aetp=True)",
+            )
         if any(not isinstance(p, (int, float)) or p < 0 for p in probs.values()):
             bad("task_probs", probs, "probabilities must be numbers >= 0")
         if abs(sum(probs.values()) - 1.0) > 1e-6:
             bad("task_probs", probs, f"probabilities sum to {sum(probs.values()):.6f}, they must sum to 1")
-        for field in ("aetp_description_mask_ratio", "aetp_description_replace_ratio", "mlm_probability", "itm_negative_fraction"):
+        for field in (
+            "aetp_description_mask_ratio",
+            "aetp_description_replace_ratio",
+            "mlm_probability",
+            "itm_negative_fraction",
+        ):
             value = getattr(self, field)
             if not 0.0 <= value <= 1.0:
                 bad(field, value, "must lie in [0, 1]")
         if self.aetp_description_mask_ratio + self.aetp_description_replace_ratio > 1.0:
-            bad("aetp_description_replace_ratio", self.aetp_description_replace_ratio, "mask + replace ratios exceed 1")
+            bad(
+                "aetp_description_replace_ratio", self.aetp_description_replace_ratio, "mask + replace ratios exceed 1"
+            )
         for field in ("aetp_title_words", "aetp_attribute_values"):
             if int(getattr(self, field)) < 0:
                 bad(field, getattr(self, field), "must be >= 0")
         side = self.patches_per_side
         if self.fusion_grid < 1 or side % self.fusion_grid:
-            bad("fusion_grid", self.fusion_grid, f"must divide the ViT patch grid side ({side} = image_size // patch_size)")
+            bad(
+                "fusion_grid",
+                self.fusion_grid,
+                f"must divide the ViT patch grid side ({side} = image_size // patch_size)",
+            )
         cells = self.fusion_grid**2
         if not 1 <= self.apir_num_masked < cells:
-            bad("apir_num_masked", self.apir_num_masked, f"must be in [1, {cells - 1}] for a {self.fusion_grid}x{self.fusion_grid} fusion grid")
+            bad(
+                "apir_num_masked",
+                self.apir_num_masked,
+                f"must be in [1, {cells - 1}] for a {self.fusion_grid}x{self.fusion_grid} fusion grid",
+            )
         layers = self.text_config.num_hidden_layers
         if not 0 <= self.apir_text_layer < layers:
-            bad("apir_text_layer", self.apir_text_layer, f"must be in [0, {layers - 1}] (text_config has {layers} layers)")
+            bad(
+                "apir_text_layer",
+                self.apir_text_layer,
+                f"must be in [0, {layers - 1}] (text_config has {layers} layers)",
+            )
         if self.apir_target not in APIR_TARGETS:
             bad("apir_target", self.apir_target, f"choose one of {list(APIR_TARGETS)}")
         if self.apir_target == "vq":
             if self.apir_vq_num_codes < 2:
                 bad("apir_vq_num_codes", self.apir_vq_num_codes, "a VQ codebook needs at least 2 codes")
             if self.apir_vq_tokenizer is not None and ":" not in str(self.apir_vq_tokenizer):
-                bad("apir_vq_tokenizer", self.apir_vq_tokenizer, "use 'module.path:factory' (a callable returning the frozen tokenizer module)")
+                bad(
+                    "apir_vq_tokenizer",
+                    self.apir_vq_tokenizer,
+                    "use 'module.path:factory' (a callable returning the frozen tokenizer module)",
+                )
         if self.text_config.type_vocab_size < 2:
-            bad("text_config.type_vocab_size", self.text_config.type_vocab_size, "visual tokens use token type 1: set it to 2")
+            bad(
+                "text_config.type_vocab_size",
+                self.text_config.type_vocab_size,
+                "visual tokens use token type 1: set it to 2",
+            )
         for field in ("mask_token_id", "cls_token_id", "sep_token_id"):
             if not 0 <= getattr(self, field) < self.text_config.vocab_size:
-                bad(field, getattr(self, field), f"must be a token id below text_config.vocab_size={self.text_config.vocab_size}")
+                bad(
+                    field,
+                    getattr(self, field),
+                    f"must be a token id below text_config.vocab_size={self.text_config.vocab_size}",
+                )
 
 
 __all__ = ["FashionFAEConfig"]

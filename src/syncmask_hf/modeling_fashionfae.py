@@ -112,6 +112,36 @@ def aetp_mask(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# ITM: which text each image is paired with
+# ----------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def itm_pairs(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    product_ids: torch.Tensor | None = None,
+    text_ids: torch.Tensor | None = None,
+    negative_fraction: float = 0.5,
+    hard: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FashionFAE's ITM pairs: the last `negative_fraction` of the batch gets a negative text, the ITC arg-max
+    text (`hard`) or a uniformly random one, never of the same product or with identical text (false negatives);
+    rows without any eligible text stay positive. Returns `(text_index, labels)`, label 1 = matched."""
+    batch = image_embeds.shape[0]
+    rows = torch.arange(batch, device=image_embeds.device)
+    if product_ids is None:
+        product_ids = rows
+    excluded = exclusion_mask(product_ids, product_ids, text_ids, text_ids)
+    if hard:
+        similarity = F.normalize(image_embeds.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).t()
+    else:
+        similarity = torch.zeros(excluded.shape, device=image_embeds.device)
+    negative, valid = sample_negatives(similarity, excluded, hardest=hard)
+    n_negative = int(round(batch * negative_fraction))
+    is_negative = (rows >= batch - n_negative) & valid
+    return torch.where(is_negative, negative, rows), (~is_negative).long()
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # APIR: the fused CLS that fills masked cells
 # ----------------------------------------------------------------------------------------------------------------
 class FashionFAEFusedCLS(nn.Module):
@@ -207,6 +237,23 @@ class FashionFAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, FashionFAEModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
+    @classmethod
+    def from_vision_text_pretrained(cls, vision_name_or_path: str, text_name_or_path: str, **config_kwargs):
+        """Start from a pretrained ViT (paper: google/vit-base-patch16-224-in21k) and BERT (paper:
+        bert-base-uncased); the fusion-specific parts start random. Works for `FashionFAEForPreTraining` too."""
+        vision = ViTModel.from_pretrained(vision_name_or_path, add_pooling_layer=False, use_mask_token=True)
+        text = BertModel.from_pretrained(text_name_or_path, add_pooling_layer=False)
+        config = FashionFAEConfig(
+            vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs
+        )
+        model = cls(config)
+        base = model if isinstance(model, FashionFAEModel) else model.fashionfae
+        base.vision_model.load_state_dict(vision.state_dict())
+        base.text_model.load_state_dict(text.state_dict())
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        return model
+
 
 class FashionFAEModel(FashionFAEPreTrainedModel):
     """ViT image encoder + one BERT that encodes text alone (for ITC) and fuses [text; visual] in a single stream.
@@ -256,7 +303,9 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """CLIP's interface: `pooler_output` = projection of the mean-pooled ViT tokens (not normalised)."""
         hidden = self.encode_image(pixel_values)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.visual_projection(hidden.mean(1)))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=self.visual_projection(hidden.mean(1))
+        )
 
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
@@ -346,21 +395,6 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
             fusion_last_hidden_state=fused,
         )
 
-    @classmethod
-    def from_vision_text_pretrained(cls, vision_name_or_path: str, text_name_or_path: str, **config_kwargs):
-        """Start from a pretrained ViT (paper: google/vit-base-patch16-224-in21k) and BERT (paper:
-        bert-base-uncased); the fusion-specific parts start random. Works for `FashionFAEForPreTraining` too."""
-        vision = ViTModel.from_pretrained(vision_name_or_path, add_pooling_layer=False, use_mask_token=True)
-        text = BertModel.from_pretrained(text_name_or_path, add_pooling_layer=False)
-        config = FashionFAEConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
-        model = cls(config)
-        base = model if isinstance(model, FashionFAEModel) else model.fashionfae
-        base.vision_model.load_state_dict(vision.state_dict())
-        base.text_model.load_state_dict(text.state_dict())
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
-        return model
-
 
 class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
     """FashionFAE pre-training: ITC, ITM (hard negatives), MLM or AETP, and APIR or plain MIM, one task per step.
@@ -437,28 +471,21 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
         return clip_contrastive_loss(image, text, base.itc_scale(), product_ids)
 
     def _itm(self, pixel_values, input_ids, attention_mask, product_ids, text_ids):
-        """Half the batch (the last `itm_negative_fraction`) gets a negative text: the ITC arg-max text, never one
-        of the same product or with identical text; rows with no eligible negative stay positive."""
         base = self.fashionfae
-        batch = input_ids.shape[0]
         vision_hidden = base.encode_image(pixel_values)
         with torch.no_grad():
-            image = F.normalize(base.visual_projection(vision_hidden.mean(1)), dim=-1)
-            text = F.normalize(base.get_text_features(input_ids, attention_mask).pooler_output, dim=-1)
-            if product_ids is None:
-                product_ids = torch.arange(batch, device=input_ids.device)
-            excluded = exclusion_mask(product_ids, product_ids, text_ids, text_ids)
-            similarity = image @ text.t() if self.config.itm_hard_negatives else torch.zeros_like(excluded, dtype=torch.float)
-            negative, valid = sample_negatives(similarity, excluded, hardest=self.config.itm_hard_negatives)
-            n_negative = int(round(batch * self.config.itm_negative_fraction))
-            is_negative = (torch.arange(batch, device=input_ids.device) >= batch - n_negative) & valid
-            text_index = torch.where(is_negative, negative, torch.arange(batch, device=input_ids.device))
+            image = base.visual_projection(vision_hidden.mean(1))
+            text = base.get_text_features(input_ids, attention_mask).pooler_output
+            text_index, labels = itm_pairs(
+                image, text, product_ids, text_ids, self.config.itm_negative_fraction, self.config.itm_hard_negatives
+            )
         fused = base.fuse_pair(input_ids[text_index], attention_mask[text_index], vision_hidden)
         logits = self.itm_head(fused[:, 0])
-        labels = (~is_negative).long()
         return itm_loss(logits, labels), logits, labels
 
-    def _mlm_slot(self, pixel_values, input_ids, attention_mask, product_ids, token_roles, attribute_ids, word_ids, use_aetp):
+    def _mlm_slot(
+        self, pixel_values, input_ids, attention_mask, product_ids, token_roles, attribute_ids, word_ids, use_aetp
+    ):
         """Plain MLM (random `mlm_probability`, BERT corruption) or AETP (attribute-emphasized masking; CE plus the
         contrastive term between the complete text's unimodal embedding and the masked text's fused embedding)."""
         base, c = self.fashionfae, self.config
@@ -575,7 +602,9 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
         if task == "itc":
             out["loss"] = out["loss_itc"] = self._itc(pixel_values, input_ids, attention_mask, product_ids)
         elif task == "itm":
-            loss, out["logits"], out["labels"] = self._itm(pixel_values, input_ids, attention_mask, product_ids, text_ids)
+            loss, out["logits"], out["labels"] = self._itm(
+                pixel_values, input_ids, attention_mask, product_ids, text_ids
+            )
             out["loss"] = out["loss_itm"] = loss
         elif task in ("mlm", "aetp"):
             use_aetp = task == "aetp" or self.config.aetp
@@ -599,4 +628,5 @@ __all__ = [
     "FashionFAEFusedCLS",
     "aetp_mask",
     "apir_fill",
+    "itm_pairs",
 ]
