@@ -321,6 +321,26 @@ def test_plain_mim_ablation_fuses_from_the_first_layer_without_fused_cls():
     assert seen1["hidden"].shape[1] == length
 
 
+class FakeVQ(torch.nn.Module):
+    """A stand-in VQ tokenizer: nearest of 8 codes to each 16 px cell's mean colour."""
+
+    def __init__(self):
+        super().__init__()
+        self.codebook = torch.nn.Parameter(torch.randn(8, 3))
+
+    def forward(self, pixel_values):
+        cells = torch.nn.functional.avg_pool2d(pixel_values, 16).flatten(2).transpose(1, 2)  # (B, 4, 3)
+        return torch.cdist(cells, self.codebook.expand(len(cells), -1, -1)).argmin(-1)
+
+
+def test_apir_vq_tokenizer_from_config_import_string():
+    model = FashionFAEForPreTraining(
+        tiny_config(apir_target="vq", apir_vq_num_codes=8, apir_vq_tokenizer="test_fashionfae:FakeVQ")
+    )
+    out = model(**synthetic_batch(), task="apir")
+    assert isinstance(model.vq_tokenizer(), FakeVQ) and torch.isfinite(out.loss)
+
+
 @pytest.mark.parametrize("target", ["teacher_features", "vq"])
 def test_apir_targets(target):
     config = tiny_config(apir_target=target, apir_vq_num_codes=8)
@@ -330,12 +350,8 @@ def test_apir_targets(target):
         with pytest.raises(ValueError, match="apir_target='vq' needs codes"):
             model(**batch, task="apir")
 
-        class FakeVQ(torch.nn.Module):
-            def forward(self, pixel_values):
-                return (pixel_values[:, 0, ::16, ::16].flatten(1) > 0).long()
-
         model.set_vq_tokenizer(FakeVQ())
-        assert not any(k.startswith("_vq") for k in model.state_dict())
+        assert not any("codebook" in k for k in model.state_dict()), "the frozen tokenizer is never saved"
         out = model(**batch, task="apir")
         assert out.logits.shape == (4, 8) and out.labels.dtype == torch.long
         with pytest.raises(ValueError, match="VQ codes must have shape"):

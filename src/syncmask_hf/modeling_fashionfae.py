@@ -455,7 +455,8 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
         kept out of the state dict (never saved with the weights)."""
         if tokenizer is not None:
             tokenizer.eval().requires_grad_(False)
-        self._vq_tokenizer = tokenizer
+        # object.__setattr__: a plain attribute, not a registered submodule, so it stays out of the state dict.
+        object.__setattr__(self, "_vq_tokenizer", tokenizer)
 
     def vq_tokenizer(self) -> nn.Module | None:
         if self._vq_tokenizer is None and self.config.apir_vq_tokenizer:
@@ -533,7 +534,7 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
                         "apir_target='pixels' / 'teacher_features'"
                     )
                 with torch.no_grad():
-                    codes = tokenizer(pixel_values)
+                    codes = tokenizer.to(pixel_values.device)(pixel_values)
             if codes.shape != (pixel_values.shape[0], grid * grid):
                 raise ValueError(f"VQ codes must have shape (batch, {grid * grid}), got {tuple(codes.shape)}")
             if codes.min() < 0 or codes.max() >= c.apir_vq_num_codes:
