@@ -521,11 +521,11 @@ def _fell(losses):
     return sum(losses[-k:]) / k < sum(losses[:k]) / k
 
 
-@pytest.mark.parametrize("task", ["itc", "itm", "mlm", "apir"])
-@pytest.mark.parametrize("ablation", [False, True])
+# the ablation switches change only the mlm and apir slots
+@pytest.mark.parametrize(
+    "task, ablation", [("itc", False), ("itm", False), ("mlm", False), ("mlm", True), ("apir", False), ("apir", True)]
+)
 def test_losses_fall_on_a_fixed_synthetic_batch(task, ablation):
-    if ablation and task in ("itc", "itm"):
-        pytest.skip("the ablation switches change only the mlm and apir slots")
     torch.manual_seed(0)
     model = FashionFAEForPreTraining(tiny_config(aetp=not ablation, apir=not ablation))
     batch = synthetic_batch(batch=8)
