@@ -27,7 +27,12 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    set_seed,
+)
 from tqdm.auto import tqdm
 
 import syncmask_hf
@@ -204,6 +209,8 @@ def main(argv=None):
         project_config=project,
         # Our batch samplers are rank-aware already: Accelerate must not shard their batches again.
         dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
+        # FashionFAE runs one task per step, so each step leaves the other tasks' heads without gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.model == "fashionfae")],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     set_seed(args.seed)
@@ -255,6 +262,9 @@ def main(argv=None):
     scheduler = cosine_with_warmup(optimizer, args.warmup_steps, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_for_checkpointing(TrainingBuffers(accelerator.unwrap_model(model)))
+    if hasattr(accelerator.unwrap_model(model), "task_sampler"):
+        # FashionFAE's task sequence is part of an exact resume.
+        accelerator.register_for_checkpointing(accelerator.unwrap_model(model).task_sampler)
 
     progress = Progress()
     if args.resume_from_checkpoint:

@@ -20,12 +20,20 @@ from . import data, evaluation
 from .captioning import caption_images, train_decap
 from .configuration_decap import FashionDeCapConfig
 from .configuration_e2 import E2Config
+from .configuration_fashionfae import FashionFAEConfig
 from .configuration_syncmask import SyncMaskConfig
 from .data import CATALOG_FEATURES, load_catalog, load_fashioniq, product_disjoint_split
 from .e2_sampling import OneImagePerProductSampler
 from .masking import synchronized_masks, synchronized_scores
 from .modeling_decap import FashionDeCapForCaptioning, FashionDeCapOutput, FashionDeCapPreTrainedModel
 from .modeling_e2 import E2FusionBlock, E2Model, E2Output, E2PreTrainedModel, E2VisionOutput
+from .modeling_fashionfae import (
+    FashionFAEForPreTraining,
+    FashionFAEForPreTrainingOutput,
+    FashionFAEModel,
+    FashionFAEOutput,
+    FashionFAEPreTrainedModel,
+)
 from .modeling_syncmask import (
     SyncMaskForImageTextRetrieval,
     SyncMaskForPreTraining,
@@ -45,6 +53,7 @@ from .processing_fashion import (
     stable_id,
 )
 from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
+from .task_sampler import FashionFAETaskSampler
 
 # --- Auto registration ---------------------------------------------------------------------------------------------
 AutoConfig.register("syncmask", SyncMaskConfig, exist_ok=True)
@@ -57,11 +66,14 @@ AutoModel.register(FashionDeCapConfig, FashionDeCapForCaptioning, exist_ok=True)
 AutoConfig.register("e2", E2Config, exist_ok=True)
 AutoModel.register(E2Config, E2Model, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(E2Config, E2Model, exist_ok=True)
+AutoConfig.register("fashionfae", FashionFAEConfig, exist_ok=True)
+AutoModel.register(FashionFAEConfig, FashionFAEModel, exist_ok=True)
+AutoModelForPreTraining.register(FashionFAEConfig, FashionFAEForPreTraining, exist_ok=True)
 
 # The processor: found by name from processor_config.json and for each of the package's model configs;
 # `register_for_auto_class` makes save_pretrained write `auto_map` so Hub copies load with trust_remote_code.
 FashionProcessor.register_for_auto_class("AutoProcessor")
-for _config in (SyncMaskConfig, E2Config):
+for _config in (SyncMaskConfig, E2Config, FashionFAEConfig):
     AutoProcessor.register(_config, FashionProcessor, exist_ok=True)
 
 __all__ = [
@@ -79,6 +91,13 @@ __all__ = [
     "E2Output",
     "E2PreTrainedModel",
     "E2VisionOutput",
+    "FashionFAEConfig",
+    "FashionFAEForPreTraining",
+    "FashionFAEForPreTrainingOutput",
+    "FashionFAEModel",
+    "FashionFAEOutput",
+    "FashionFAEPreTrainedModel",
+    "FashionFAETaskSampler",
     "OneImagePerProductSampler",
     "FashionCollator",
     "FashionInputError",
