@@ -97,7 +97,9 @@ def build_model(args, maps):
         head = "fusion" if config.model_type == "syncmask" else "linear"
     if head == "fusion":
         if config.model_type != "syncmask":
-            raise SystemExit(f"error: the fusion head exists for SyncMask only, not {config.model_type}; use --head linear")
+            raise SystemExit(
+                f"error: the fusion head exists for SyncMask only, not {config.model_type}; use --head linear"
+            )
         from syncmask_hf import SyncMaskForProductClassification
 
         model = SyncMaskForProductClassification.from_pretrained(

@@ -553,3 +553,91 @@ class ContrastiveFineTuning(nn.Module):
         image = nn.functional.normalize(_features(self.get_image_features(pixel_values), "image"), dim=-1)
         text = nn.functional.normalize(_features(self.get_text_features(input_ids, attention_mask), "text"), dim=-1)
         return clip_contrastive_loss(image, text, self.logit_scale.clamp(max=math.log(100.0)), product_ids)
+
+
+@torch.no_grad()
+def embed_catalog_images(
+    model, dataset, processor, device=None, batch_size: int = 64, skip_bad: bool = True, show_progress: bool = True
+):
+    """Frozen `get_image_features` of every row of a catalogue split: ``(features (N', dim) float32 CPU, kept row
+    indices, number of skipped rows)``. A missing or corrupt image is skipped and counted (or raises with
+    ``skip_bad=False``), and the kept indices keep features aligned with the rows' labels."""
+    from tqdm.auto import tqdm
+
+    from .evaluation.evaluator import _features
+    from .processing_fashion import FashionInputError, load_image
+
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    features, kept, skipped = [], [], 0
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="image features", disable=not show_progress):
+            rows = dataset[start : start + batch_size]
+            images, idx = [], []
+            for offset, (image, item_id) in enumerate(zip(rows["image"], rows["item_id"])):
+                try:
+                    images.append(load_image(image, index=start + offset, item_id=item_id))
+                    idx.append(start + offset)
+                except FashionInputError:
+                    if not skip_bad:
+                        raise
+                    skipped += 1
+            if not images:
+                continue
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+            features.append(_features(model.get_image_features(pixel_values=pixels), "image").float().cpu())
+            kept.extend(idx)
+    finally:
+        model.train(was_training)
+    if not features:
+        raise ValueError("no readable image in the split: nothing to embed")
+    return torch.cat(features), kept, skipped
+
+
+def probe_attributes(
+    model,
+    processor,
+    train,
+    test,
+    attributes,
+    device=None,
+    batch_size: int = 64,
+    weight_decay=(1e-4, 1e-3, 1e-2, 1e-1),
+    max_iter: int = 500,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> tuple[dict, dict, dict]:
+    """Linear probes (`evaluation.linear_probe`) of frozen `get_image_features` for catalogue attributes: fit on the
+    `train` rows, score on the `test` rows. Returns ``(results per attribute, skipped attributes with the reason,
+    info)``; an attribute with fewer than two classes in training, or no labelled test row, is skipped. Each result
+    adds ``chance_top1`` (majority-class accuracy on the test rows)."""
+    from .evaluation import linear_probe
+
+    train_x, train_rows, skip_tr = embed_catalog_images(
+        model, train, processor, device, batch_size, True, show_progress
+    )
+    test_x, test_rows, skip_te = embed_catalog_images(model, test, processor, device, batch_size, True, show_progress)
+    results, skipped = {}, {}
+    for name in attributes:
+        if name not in train.column_names:
+            skipped[name] = "no such column"
+            continue
+        column_tr, column_te = train[name], test[name]
+        ytr = [column_tr[i] for i in train_rows]
+        yte = [column_te[i] for i in test_rows]
+        classes = {v for v in ytr if v}
+        if len(classes) < 2:
+            skipped[name] = f"{len(classes)} class(es) in the training rows"
+            continue
+        if not any(yte):
+            skipped[name] = "no labelled test rows"
+            continue
+        r = linear_probe(
+            train_x, ytr, test_x, yte, weight_decay=weight_decay, max_iter=max_iter, ignore_index="", seed=seed
+        )
+        labelled = [v for v in yte if v]
+        r["chance_top1"] = round(100.0 * max(labelled.count(c) for c in set(labelled)) / len(labelled), 2)
+        results[name] = r
+    info = {"num_train": len(train_rows), "num_test": len(test_rows), "skipped_bad_images": skip_tr + skip_te}
+    return results, skipped, info
