@@ -305,11 +305,10 @@ def retrieval_summary_table(results: dict, title: str | None = None) -> str:
     """The headline numbers (recall per protocol and chance level); everything else is in the results JSON."""
     from .evaluation import format_results_markdown
 
-    rows = {name: {k: results[name][k] for k in RECALL_COLUMNS} for name in ("full", "sample100") if name in results}
-    if "full" in rows:
-        rows["full"]["chance_R@1"] = results["chance"]["full_R@1"]
-    if "sample100" in rows:
-        rows["sample100"]["chance_R@1"] = results["chance"]["sample100_R@1"]
+    names = ("full", "full_itm", "sample100", "sample100_itm")  # *_itm: ITM re-ranked (evaluate.py --rerank_k)
+    rows = {name: {k: results[name][k] for k in RECALL_COLUMNS} for name in names if name in results}
+    for name, row in rows.items():
+        row["chance_R@1"] = results["chance"]["full_R@1" if name.startswith("full") else "sample100_R@1"]
     if title is None:
         title = f"held-out products ({results['full']['num_text_gallery']} texts, {results['full']['num_image_gallery']} images; sample-100 with {results['sample100']['num_negatives']} negatives)"
     return format_results_markdown(rows, title=title)
