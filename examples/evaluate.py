@@ -65,6 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--fashioniq_categories", default=",".join(FASHIONIQ_CATEGORIES))
     p.add_argument("--fashioniq_split", default="val", choices=["val", "train"])
     p.add_argument("--probe_attributes", default="category,subcategory")
+    p.add_argument("--probe_max_train_items", type=int, default=20000, help="subsample the probe's training rows")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--output_dir", default="outputs/evaluate")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -252,6 +253,7 @@ def main(argv=None):
             args.batch_size,
             seed=args.seed,
             show_progress=show,
+            max_train_items=args.probe_max_train_items,
         )
         for name, r in probe.items():
             results[f"classification_{name}"] = r

@@ -18,7 +18,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
@@ -66,9 +65,6 @@ def main(argv=None):
     model.to(args.device).eval()
     splits = training.load_catalog_splits(args.dataset, args.test_products, args.val_products, args.seed)
     train, test = splits["train"], splits["test"]
-    if len(train) > args.max_train_items:
-        rows = np.random.default_rng(args.seed).choice(len(train), args.max_train_items, replace=False)
-        train = train.select(sorted(rows.tolist()))
     results, skipped, info = training.probe_attributes(
         model,
         processor,
@@ -80,6 +76,7 @@ def main(argv=None):
         weight_decay=args.weight_decay,
         max_iter=args.max_iter,
         seed=args.seed,
+        max_train_items=args.max_train_items,
     )
     if not results:
         raise SystemExit(f"error: no attribute could be probed on this catalogue: {skipped}")

@@ -606,12 +606,20 @@ def probe_attributes(
     max_iter: int = 500,
     seed: int = 0,
     show_progress: bool = True,
+    max_train_items: int | None = None,
 ) -> tuple[dict, dict, dict]:
     """Linear probes (`evaluation.linear_probe`) of frozen `get_image_features` for catalogue attributes: fit on the
     `train` rows, score on the `test` rows. Returns ``(results per attribute, skipped attributes with the reason,
     info)``; an attribute with fewer than two classes in training, or no labelled test row, is skipped. Each result
-    adds ``chance_top1`` (majority-class accuracy on the test rows)."""
+    adds ``chance_top1`` (majority-class accuracy on the test rows). ``max_train_items`` subsamples the training
+    rows (seeded) to bound the embedding and fitting time on large catalogues."""
+    import numpy as np
+
     from .evaluation import linear_probe
+
+    if max_train_items is not None and len(train) > max_train_items:
+        rows = np.random.default_rng(seed).choice(len(train), max_train_items, replace=False)
+        train = train.select(sorted(rows.tolist()))
 
     train_x, train_rows, skip_tr = embed_catalog_images(
         model, train, processor, device, batch_size, True, show_progress
