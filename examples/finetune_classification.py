@@ -143,7 +143,7 @@ def evaluate(model, dataset, collator, tasks, args, accelerator, tag):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator, _ = training.make_accelerator(args, "finetune_classification")
+    accelerator, _ = training.make_accelerator(args, "finetune_classification", find_unused_parameters=True)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     set_seed(args.seed)
 

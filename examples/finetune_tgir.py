@@ -99,7 +99,7 @@ def build_sets(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator, _ = training.make_accelerator(args, "finetune_tgir")
+    accelerator, _ = training.make_accelerator(args, "finetune_tgir", find_unused_parameters=True)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     set_seed(args.seed)
 

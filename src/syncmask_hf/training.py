@@ -371,11 +371,13 @@ def check_training_arguments(args) -> None:
             )
 
 
-def make_accelerator(args, project: str):
+def make_accelerator(args, project: str, find_unused_parameters: bool = False):
     """An Accelerator with the scripts' conventions: logs under output_dir/logs, TensorBoard when installed, rank-
-    aware batch samplers (Accelerate must not shard batches again). Returns (accelerator, tracker backend)."""
+    aware batch samplers (Accelerate must not shard batches again). ``find_unused_parameters`` for task heads that
+    leave parts of the pretrained model unused (e.g. the ITM head when classifying), which DDP must be told about.
+    Returns (accelerator, tracker backend)."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 
     report_to = report_to_backend(args.report_to)
     accelerator = Accelerator(
@@ -385,6 +387,7 @@ def make_accelerator(args, project: str):
             project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
         ),
         dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
     if report_to:
         accelerator.init_trackers(
