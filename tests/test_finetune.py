@@ -360,6 +360,7 @@ def test_evaluate_all_tasks_with_itm_rerank(assets, tmp_path):
         ("linear_probe", ["--model_path", "M", "--dataset", "x", "--attributes", "brand,size"], "unknown ['size']"),
         ("finetune_retrieval", ["--model_path", "M", "--dataset", "x", "--batch_size", "0"], "--batch_size must be"),
         ("finetune_retrieval", ["--model_path", "/no/such/folder", "--dataset", "x"], "not a saved model folder"),
+        ("finetune_classification", ["--model_path", "M"], "pass --dataset"),
     ],
 )
 def test_bad_arguments_give_clear_errors(script, argv, message, capsys):

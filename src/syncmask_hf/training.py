@@ -352,6 +352,8 @@ def add_training_arguments(parser, output_dir: str, learning_rate: float = 2e-5,
 
 def check_training_arguments(args) -> None:
     """Clear errors for values argparse cannot check."""
+    if not args.dataset and not getattr(args, "fashioniq", None):
+        raise SystemExit("error: pass --dataset with a data-layer source, e.g. synthetic:2000, hm:PATH, myntra:PATH")
     for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
