@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -36,8 +35,9 @@ from accelerate.utils import (
 from tqdm.auto import tqdm
 
 import syncmask_hf
-from syncmask_hf.data import load_catalog, product_disjoint_split, text_id
-from syncmask_hf.evaluation import RetrievalEvaluator, format_results_markdown, save_results
+from syncmask_hf import training
+from syncmask_hf.data import text_id
+from syncmask_hf.evaluation import save_results
 from syncmask_hf.pretrained import resolve_pretrained
 from syncmask_hf.training import (
     DEFAULT_CONFIGS,
@@ -47,9 +47,9 @@ from syncmask_hf.training import (
     build_processor,
     cosine_with_warmup,
     find_checkpoint,
+    load_catalog_splits,
     model_classes,
     parameter_groups,
-    prune_checkpoints,
     resolve_config_path,
 )
 
@@ -148,15 +148,8 @@ def build_data(args, processor, mode, accelerator):
     sources = args.dataset or ["synthetic:2400"]
     skip = args.bad_items == "skip"
     with accelerator.main_process_first():
-        parts = [load_catalog(source, skip_bad=skip) for source in sources]
-        catalog = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-        # Decode in the collator, not in `datasets`: a corrupt file then becomes a counted skip (or a clear error
-        # naming the item) instead of an exception from deep inside the DataLoader.
-        catalog = catalog.cast_column("image", datasets.Image(decode=False))
-        splits = product_disjoint_split(
-            catalog, test_size=args.test_products, val_size=args.val_products, seed=args.seed
-        )
-    subcategories = sorted({v for v in catalog["subcategory"] if v})
+        splits = load_catalog_splits(sources, args.test_products, args.val_products, args.seed, skip_bad=skip)
+    subcategories = sorted({v for part in splits.values() for v in part["subcategory"] if v})
     collator = syncmask_hf.FashionCollator(
         processor, mode=mode, skip_bad=skip, seed=args.seed, subcategory_label_map=subcategories
     )
@@ -400,45 +393,23 @@ def enter_e2_stage2(model, scheduler, scale_lr=True):
 
 
 def save_checkpoint(accelerator, args, progress, collator):
-    folder = Path(args.output_dir, "checkpoints", f"step_{progress.global_step}")
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        progress.skipped_items = int(getattr(collator, "num_skipped", 0))
-        progress.save(folder)  # written last: marks the checkpoint complete
-        prune_checkpoints(args.output_dir, args.keep_checkpoints)
-    accelerator.wait_for_everyone()
-
-
-RECALL_COLUMNS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "sumR"]
+    training.save_checkpoint(accelerator, args.output_dir, progress, args.keep_checkpoints, collator)
 
 
 def summary_table(results: dict) -> str:
-    """The headline numbers (recall per protocol and chance level); everything else is in eval_results.json."""
-    rows = {name: {k: results[name][k] for k in RECALL_COLUMNS} for name in ("full", "sample100")}
-    rows["full"]["chance_R@1"] = results["chance"]["full_R@1"]
-    rows["sample100"]["chance_R@1"] = results["chance"]["sample100_R@1"]
-    title = f"held-out products ({results['full']['num_text_gallery']} texts, {results['full']['num_image_gallery']} images; sample-100 with {results['sample100']['num_negatives']} negatives)"
-    return format_results_markdown(rows, title=title)
+    return training.retrieval_summary_table(results)
 
 
 def evaluate_split(accelerator, model, dataset, collator, args):
-    """Full-gallery and sample-100 retrieval recall on held-out products (negatives of sample-100 from the same
-    sub-category). A small held-out set that has fewer than 101 products gets as many negatives as it can offer,
-    and the result says so (`num_negatives`)."""
-    num_products = len(set(dataset["product_id"]))
-    num_negatives = min(100, num_products - 1)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collator, num_workers=args.num_workers)
-    evaluator = RetrievalEvaluator(model, device=accelerator.device, show_progress=accelerator.is_local_main_process)
-    results = evaluator.evaluate(
-        [b for b in loader if b is not None],
-        sample100_kwargs={"num_negatives": num_negatives, "num_queries": min(1000, len(dataset)), "seed": args.seed},
+    return training.evaluate_retrieval(
+        model,
+        dataset,
+        collator,
+        accelerator.device,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        show_progress=accelerator.is_local_main_process,
     )
-    results["sample100"]["num_negatives"] = num_negatives
-    results["chance"] = {
-        "full_R@1": round(100.0 / num_products, 2),
-        "sample100_R@1": round(100.0 / (num_negatives + 1), 2),
-    }
-    return results
 
 
 if __name__ == "__main__":

@@ -129,4 +129,13 @@ __all__ = [
 # --- hub publishing (branch hub) ---
 # isort: split
 from .hub import HubFolderError, check_model_folder, push_demo_space, push_model_folder, write_model_card
+
 # --- end hub publishing ---
+
+# --- fine-tuning and evaluation (branch finetune) ---
+# isort: split
+from .composed_retrieval import ComposedQueryModel
+from .data import colour_variant_triplets
+
+__all__ += ["ComposedQueryModel", "colour_variant_triplets"]
+# --- end fine-tuning and evaluation ---

@@ -354,6 +354,7 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.syncmask.get_text_features(input_ids, attention_mask)
 
+    @torch.no_grad()
     def sync_teacher(self) -> None:
         """Copy the student into the teacher exactly (done on load when the checkpoint holds no teacher)."""
         for t, s in zip(self.teacher.parameters(), self.syncmask.parameters()):

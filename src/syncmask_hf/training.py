@@ -189,3 +189,472 @@ def build_processor(model_name: str, config, text_name_or_path: str | None = Non
     return FashionProcessor.from_text_model(
         text_name_or_path or "minilm", image_size=config.vision_config.image_size, **kwargs
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared by pretrain.py, the fine-tuning scripts and evaluate.py
+# ----------------------------------------------------------------------------------------------------------------
+#: config.model_type -> FashionCollator mode
+COLLATOR_MODES = {"syncmask": "pairs", "e2": "e2", "fashionfae": "fae"}
+
+
+def collator_mode(config) -> str:
+    """The `FashionCollator` mode a model of `config` expects ("pairs" for any other dual encoder)."""
+    return COLLATOR_MODES.get(getattr(config, "model_type", ""), "pairs")
+
+
+def load_catalog_splits(
+    sources: list[str], test_size: float, val_size: float, seed: int, skip_bad: bool = True, decode: bool = False
+):
+    """Load and concatenate catalogue sources and cut them into product-disjoint train / validation / test.
+
+    The split depends only on (sources, sizes, seed), so evaluate.py and the fine-tuning scripts see exactly the
+    held-out products that pretrain.py held out when given the same arguments. With ``decode=False`` images are
+    decoded in the collator, where a corrupt file becomes a counted skip (or a clear error naming the item).
+    """
+    import datasets
+
+    from .data import load_catalog, product_disjoint_split
+
+    if not sources:
+        raise ValueError("no --dataset given: pass a data-layer source such as synthetic:2000 or hm:/path/to/hm")
+    parts = [load_catalog(source, skip_bad=skip_bad) for source in sources]
+    catalog = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if not decode:
+        catalog = catalog.cast_column("image", datasets.Image(decode=False))
+    return product_disjoint_split(catalog, test_size=test_size, val_size=val_size, seed=seed)
+
+
+def load_model_folder(folder: str | os.PathLike, model_class=None, **kwargs):
+    """(model, processor) from a folder written by pretrain.py / a fine-tuning script (or a Hub id).
+
+    Default class: `AutoModel` with ``trust_remote_code=True`` (any of the package's models, with or without the
+    package installed); pass e.g. `SyncMaskForTextGuidedImageRetrieval` for a task head on the same encoders.
+    """
+    from transformers import AutoModel, AutoProcessor
+
+    path = Path(folder)
+    if not path.exists() and str(folder).startswith((".", "/")):
+        raise FileNotFoundError(f"model folder {folder} does not exist; pass the `final` folder pretrain.py wrote")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json: pass a folder written by save_pretrained (e.g. <output_dir>/final)"
+        )
+    if model_class is None:
+        model = AutoModel.from_pretrained(str(folder), trust_remote_code=True, **kwargs)
+    else:
+        model = model_class.from_pretrained(str(folder), **kwargs)
+    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    return model, processor
+
+
+def report_to_backend(report_to: str | None) -> str | None:
+    """'auto' -> 'tensorboard' when installed, else None; 'none' -> None."""
+    if report_to == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            return "tensorboard"
+        except ImportError:
+            return None
+    return None if report_to in (None, "none") else report_to
+
+
+def save_checkpoint(accelerator, output_dir, progress: Progress, keep: int, collator=None) -> Path:
+    """`Accelerator.save_state` into ``output_dir/checkpoints/step_N``, then progress.json (written last: it marks
+    the checkpoint complete), then prune to the newest ``keep``."""
+    folder = Path(output_dir, "checkpoints", f"step_{progress.global_step}")
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        progress.skipped_items = int(getattr(collator, "num_skipped", 0))
+        progress.save(folder)
+        prune_checkpoints(output_dir, keep)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+RECALL_COLUMNS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "sumR"]
+
+
+def evaluate_retrieval(
+    model, dataset, collator, device, seed: int = 0, num_workers: int = 0, show_progress: bool = True, **protocol_kw
+) -> dict:
+    """Full-gallery and sample-100 retrieval recall on held-out products (negatives of sample-100 from the same
+    sub-category). A small held-out set that has fewer than 101 products gets as many negatives as it can offer,
+    and the result says so (`num_negatives`). ``protocol_kw``: ``full_kwargs`` / ``sample100_kwargs`` extras (e.g.
+    re-ranking callbacks) merged into the defaults."""
+    from .evaluation import RetrievalEvaluator
+
+    num_products = len(set(dataset["product_id"]))
+    num_negatives = min(100, num_products - 1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collator, num_workers=num_workers)
+    evaluator = RetrievalEvaluator(model, device=device, show_progress=show_progress)
+    s100 = {"num_negatives": num_negatives, "num_queries": min(1000, len(dataset)), "seed": seed}
+    s100.update(protocol_kw.pop("sample100_kwargs", None) or {})
+    embeddings = protocol_kw.pop("embeddings", None)
+    results = evaluator.evaluate(
+        None if embeddings is not None else [b for b in loader if b is not None],
+        embeddings=embeddings,
+        sample100_kwargs=s100,
+        **protocol_kw,
+    )
+    results["sample100"]["num_negatives"] = num_negatives
+    results["chance"] = {
+        "full_R@1": round(100.0 / num_products, 2),
+        "sample100_R@1": round(100.0 / (num_negatives + 1), 2),
+    }
+    return results
+
+
+def retrieval_summary_table(results: dict, title: str | None = None) -> str:
+    """The headline numbers (recall per protocol and chance level); everything else is in the results JSON."""
+    from .evaluation import format_results_markdown
+
+    names = ("full", "full_itm", "sample100", "sample100_itm")  # *_itm: ITM re-ranked (evaluate.py --rerank_k)
+    rows = {name: {k: results[name][k] for k in RECALL_COLUMNS} for name in names if name in results}
+    for name, row in rows.items():
+        row["chance_R@1"] = results["chance"]["full_R@1" if name.startswith("full") else "sample100_R@1"]
+    if title is None:
+        title = f"held-out products ({results['full']['num_text_gallery']} texts, {results['full']['num_image_gallery']} images; sample-100 with {results['sample100']['num_negatives']} negatives)"
+    return format_results_markdown(rows, title=title)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fine-tuning scripts' shared command line and loop (pretrain.py keeps its own loop: E2 stages, samplers)
+# ----------------------------------------------------------------------------------------------------------------
+def add_training_arguments(parser, output_dir: str, learning_rate: float = 2e-5, num_epochs: int = 3) -> None:
+    """The command-line options every fine-tuning script shares (same names and meaning as pretrain.py's)."""
+    parser.add_argument("--model_path", required=True, help="a folder written by save_pretrained (or a Hub id)")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=None,
+        help="a data-layer source (repeat to mix), e.g. synthetic:2000, hm:PATH, myntra:PATH",
+    )
+    parser.add_argument("--output_dir", default=output_dir)
+    parser.add_argument("--num_epochs", type=int, default=num_epochs)
+    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    parser.add_argument("--max_train_minutes", type=float, default=None, help="stop after this much training time")
+    parser.add_argument("--batch_size", type=int, default=32, help="per-process batch size")
+    parser.add_argument("--eval_batch_size", type=int, default=64)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--learning_rate", type=float, default=learning_rate)
+    parser.add_argument("--weight_decay", type=float, default=0.02)
+    parser.add_argument("--warmup_steps", type=int, default=10)
+    parser.add_argument("--max_grad_norm", type=float, default=5.0)
+    parser.add_argument("--val_products", type=float, default=0.1, help="as pretrain.py: share of products held out")
+    parser.add_argument("--test_products", type=float, default=0.15, help="as pretrain.py: products for evaluation")
+    parser.add_argument(
+        "--checkpoint_every", type=int, default=50, help="save_state every N optimizer steps (0: never)"
+    )
+    parser.add_argument("--keep_checkpoints", type=int, default=2)
+    parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("--bad_items", choices=["skip", "error"], default="skip")
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=42, help="as pretrain.py's --seed: same value, same split")
+    parser.add_argument("--report_to", default="auto", help="'tensorboard', 'none' or 'auto'")
+
+
+def check_training_arguments(args) -> None:
+    """Clear errors for values argparse cannot check."""
+    if not args.dataset and not getattr(args, "fashioniq", None):
+        raise SystemExit("error: pass --dataset with a data-layer source, e.g. synthetic:2000, hm:PATH, myntra:PATH")
+    for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise SystemExit(f"error: --max_steps must be >= 1, got {args.max_steps}")
+    if args.learning_rate <= 0:
+        raise SystemExit(f"error: --learning_rate must be > 0, got {args.learning_rate}")
+    for name in ("val_products", "test_products"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise SystemExit(f"error: --{name} is a share of the products in [0, 1), got {getattr(args, name)}")
+    path = Path(args.model_path)
+    if str(args.model_path).startswith((".", "/")) or path.exists():
+        if not (path / "config.json").is_file():
+            raise SystemExit(
+                f"error: --model_path {args.model_path} is not a saved model folder (no config.json); pass e.g. "
+                "the <output_dir>/final folder pretrain.py wrote"
+            )
+
+
+def make_accelerator(args, project: str, find_unused_parameters: bool = False):
+    """An Accelerator with the scripts' conventions: logs under output_dir/logs, TensorBoard when installed, rank-
+    aware batch samplers (Accelerate must not shard batches again). ``find_unused_parameters`` for task heads that
+    leave parts of the pretrained model unused (e.g. the ITM head when classifying), which DDP must be told about.
+    Returns (accelerator, tracker backend)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
+
+    report_to = report_to_backend(args.report_to)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+        ),
+        dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
+    if report_to:
+        accelerator.init_trackers(
+            project, {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        )
+    return accelerator, report_to
+
+
+def random_batch_loader(dataset, collator, args, accelerator, epoch: int, batch_size: int | None = None):
+    """A DataLoader over `dataset` with the package's rank-aware random batches (the same global batches for any
+    number of processes) and its own generator (so creating it draws nothing from the global RNG: exact resume)."""
+    from .sampling import RandomBatchSampler
+
+    sampler = RandomBatchSampler(
+        len(dataset),
+        batch_size or args.batch_size,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+        seed=args.seed,
+        drop_last=True,
+    )
+    sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collator,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed + epoch),
+    )
+
+
+def run_training_loop(
+    accelerator,
+    args,
+    model,
+    optimizer,
+    scheduler,
+    make_loader,
+    compute_loss,
+    total_steps: int,
+    *,
+    collator=None,
+    desc: str = "train",
+    after_step=None,
+    logger=None,
+) -> Progress:
+    """The Accelerate loop of the fine-tuning scripts: resume (``args.resume_from_checkpoint``: 'latest' or a
+    folder, also mid-epoch), gradient accumulation, clipping, tracker logs, a tqdm bar, checkpoints every
+    ``args.checkpoint_every`` steps, and a stop at ``total_steps`` or ``args.max_train_minutes``.
+
+    ``make_loader(epoch)`` gives the epoch's DataLoader (batches may be None: all rows bad, skipped);
+    ``compute_loss(model, batch)`` returns ``(loss, {name: float})``; ``after_step()`` runs after every optimizer
+    step (e.g. a momentum teacher's EMA). Register extra state with ``accelerator.register_for_checkpointing``
+    before calling. Returns the final `Progress`.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    progress = Progress()
+    if args.resume_from_checkpoint:
+        ckpt = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if ckpt is not None:
+            try:
+                accelerator.load_state(str(ckpt))
+            except (RuntimeError, KeyError) as err:
+                first = str(err).strip().splitlines()[0][:300]
+                raise RuntimeError(
+                    f"checkpoint {ckpt} does not fit this run's model ({first} ...): it was written with other "
+                    "options (another model, --objective or head). Resume with the same options, or use a new "
+                    "--output_dir."
+                ) from None
+            progress = Progress.load(ckpt)
+            message = f"resumed from {ckpt}: step {progress.global_step}, epoch {progress.epoch}"
+        else:
+            message = "no checkpoint yet: starting from scratch"
+        if logger is not None:
+            logger.info(message, main_process_only=True)
+        elif accelerator.is_main_process:
+            print(message)
+    bar = tqdm(
+        total=total_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process, desc=desc
+    )
+    started = time.monotonic()
+    done = progress.global_step >= total_steps
+    while not done:
+        loader = make_loader(progress.epoch)
+        if len(loader) == 0:
+            raise ValueError(
+                f"the training set gives no full batch of {args.batch_size} x {accelerator.num_processes} processes; "
+                "lower --batch_size or add data"
+            )
+        if progress.batches_in_epoch:
+            loader = accelerator.skip_first_batches(loader, progress.batches_in_epoch)
+        model.train()
+        for batch in loader:
+            progress.batches_in_epoch += 1
+            if batch is None:
+                continue
+            batch = move_to_device(batch, accelerator.device)
+            with accelerator.accumulate(model):
+                loss, logs = compute_loss(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+            progress.samples_seen += (first.shape[0] if first is not None else 0) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            progress.global_step += 1
+            if after_step is not None:
+                after_step()
+            logs = {"loss": float(loss.detach()), **logs, "lr": scheduler.get_last_lr()[0]}
+            accelerator.log(logs, step=progress.global_step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
+                save_checkpoint(accelerator, args.output_dir, progress, args.keep_checkpoints, collator)
+            if progress.global_step >= total_steps or (
+                args.max_train_minutes and time.monotonic() - started > 60 * args.max_train_minutes
+            ):
+                done = True
+                break
+        else:
+            progress.epoch += 1
+            progress.batches_in_epoch = 0
+    bar.close()
+    progress.skipped_items = int(getattr(collator, "num_skipped", 0))
+    progress.history.append({"train_minutes": round((time.monotonic() - started) / 60, 3)})
+    return progress
+
+
+class ContrastiveFineTuning(nn.Module):
+    """A dual encoder (CLIP's `get_image_features` / `get_text_features`) + a learned temperature, trained with the
+    multi-positive contrastive loss (`clip_contrastive_loss`: every image and text of one product are positives,
+    gathered across processes). Model-agnostic fine-tuning for any of the package's models (E2, FashionFAE,
+    SyncMask's ITC alone). The temperature starts from the model's own (`logit_scale` as in CLIP, or `temp`),
+    else CLIP's 0.07."""
+
+    def __init__(self, model: nn.Module, init_temperature: float = 0.07):
+        super().__init__()
+        self.model = model
+        scale = getattr(model, "logit_scale", None)
+        if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+            init = float(scale.detach())
+        else:
+            temp = getattr(model, "temp", None)
+            temp = float(temp.detach()) if isinstance(temp, torch.Tensor) and temp.numel() == 1 else init_temperature
+            init = math.log(1.0 / temp)
+        self.logit_scale = nn.Parameter(torch.tensor(init))
+
+    def get_image_features(self, pixel_values):
+        return self.model.get_image_features(pixel_values=pixel_values)
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+
+    def forward(self, pixel_values, input_ids, attention_mask=None, product_ids=None, **kwargs):
+        from .evaluation.evaluator import _features
+        from .losses import clip_contrastive_loss
+
+        image = nn.functional.normalize(_features(self.get_image_features(pixel_values), "image"), dim=-1)
+        text = nn.functional.normalize(_features(self.get_text_features(input_ids, attention_mask), "text"), dim=-1)
+        return clip_contrastive_loss(image, text, self.logit_scale.clamp(max=math.log(100.0)), product_ids)
+
+
+@torch.no_grad()
+def embed_catalog_images(
+    model, dataset, processor, device=None, batch_size: int = 64, skip_bad: bool = True, show_progress: bool = True
+):
+    """Frozen `get_image_features` of every row of a catalogue split: ``(features (N', dim) float32 CPU, kept row
+    indices, number of skipped rows)``. A missing or corrupt image is skipped and counted (or raises with
+    ``skip_bad=False``), and the kept indices keep features aligned with the rows' labels."""
+    from tqdm.auto import tqdm
+
+    from .evaluation.evaluator import _features
+    from .processing_fashion import FashionInputError, load_image
+
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    features, kept, skipped = [], [], 0
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="image features", disable=not show_progress):
+            rows = dataset[start : start + batch_size]
+            images, idx = [], []
+            for offset, (image, item_id) in enumerate(zip(rows["image"], rows["item_id"])):
+                try:
+                    images.append(load_image(image, index=start + offset, item_id=item_id))
+                    idx.append(start + offset)
+                except FashionInputError:
+                    if not skip_bad:
+                        raise
+                    skipped += 1
+            if not images:
+                continue
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+            features.append(_features(model.get_image_features(pixel_values=pixels), "image").float().cpu())
+            kept.extend(idx)
+    finally:
+        model.train(was_training)
+    if not features:
+        raise ValueError("no readable image in the split: nothing to embed")
+    return torch.cat(features), kept, skipped
+
+
+def probe_attributes(
+    model,
+    processor,
+    train,
+    test,
+    attributes,
+    device=None,
+    batch_size: int = 64,
+    weight_decay=(1e-4, 1e-3, 1e-2, 1e-1),
+    max_iter: int = 500,
+    seed: int = 0,
+    show_progress: bool = True,
+    max_train_items: int | None = None,
+) -> tuple[dict, dict, dict]:
+    """Linear probes (`evaluation.linear_probe`) of frozen `get_image_features` for catalogue attributes: fit on the
+    `train` rows, score on the `test` rows. Returns ``(results per attribute, skipped attributes with the reason,
+    info)``; an attribute with fewer than two classes in training, or no labelled test row, is skipped. Each result
+    adds ``chance_top1`` (majority-class accuracy on the test rows). ``max_train_items`` subsamples the training
+    rows (seeded) to bound the embedding and fitting time on large catalogues."""
+    import numpy as np
+
+    from .evaluation import linear_probe
+
+    if max_train_items is not None and len(train) > max_train_items:
+        rows = np.random.default_rng(seed).choice(len(train), max_train_items, replace=False)
+        train = train.select(sorted(rows.tolist()))
+
+    train_x, train_rows, skip_tr = embed_catalog_images(
+        model, train, processor, device, batch_size, True, show_progress
+    )
+    test_x, test_rows, skip_te = embed_catalog_images(model, test, processor, device, batch_size, True, show_progress)
+    results, skipped = {}, {}
+    for name in attributes:
+        if name not in train.column_names:
+            skipped[name] = "no such column"
+            continue
+        column_tr, column_te = train[name], test[name]
+        ytr = [column_tr[i] for i in train_rows]
+        yte = [column_te[i] for i in test_rows]
+        classes = {v for v in ytr if v}
+        if len(classes) < 2:
+            skipped[name] = f"{len(classes)} class(es) in the training rows"
+            continue
+        if not any(yte):
+            skipped[name] = "no labelled test rows"
+            continue
+        r = linear_probe(
+            train_x, ytr, test_x, yte, weight_decay=weight_decay, max_iter=max_iter, ignore_index="", seed=seed
+        )
+        labelled = [v for v in yte if v]
+        r["chance_top1"] = round(100.0 * max(labelled.count(c) for c in set(labelled)) / len(labelled), 2)
+        results[name] = r
+    info = {"num_train": len(train_rows), "num_test": len(test_rows), "skipped_bad_images": skip_tr + skip_te}
+    return results, skipped, info

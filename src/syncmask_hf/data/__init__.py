@@ -11,16 +11,20 @@ from .kaggle import hm_gender, load_hm, load_myntra, myntra_brand
 from .schema import CATALOG_COLUMNS, CATALOG_FEATURES, STRING_COLUMNS, BadItemError, LoadReport
 from .splits import product_disjoint_split
 from .synthetic import draw_view, load_synthetic, synthetic_products
+from .variants import COLOUR_TRIPLET_FEATURES, colour_phrase, colour_variant_triplets
 
 __all__ = [
     "CATALOG_COLUMNS",
     "CATALOG_FEATURES",
+    "COLOUR_TRIPLET_FEATURES",
     "FASHIONGEN_KEYS",
     "FASHIONIQ_CATEGORIES",
     "KNOWN_SOURCES",
     "STRING_COLUMNS",
     "BadItemError",
     "LoadReport",
+    "colour_phrase",
+    "colour_variant_triplets",
     "draw_view",
     "hm_gender",
     "load_catalog",

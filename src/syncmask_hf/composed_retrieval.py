@@ -1,0 +1,345 @@
+"""Text-guided image retrieval (TGIR) around any of the package's models: composed queries, data, evaluation.
+
+Used by `examples/finetune_tgir.py` and `examples/evaluate.py`; never imported by modeling files.
+
+Two query models:
+* SyncMask has a real composition head, `SyncMaskForTextGuidedImageRetrieval` (the modification text cross-attends
+  to the reference image in the fusion layers).
+* Dual encoders (E2, FashionFAE, or SyncMask's ITC space alone) get `ComposedQueryModel`: the query is
+  ``normalize(img + txt + combiner([img; txt]))`` over the frozen-interface embeddings (CLIP's
+  `get_image_features` / `get_text_features`), where the combiner is a small MLP whose last layer starts at zero --
+  so an untrained combiner is exactly the classic "image + text" composition baseline, and training learns a
+  correction on top (in the spirit of Baldrati et al.'s CLIP4Cir combiner, much smaller).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+COMBINER_WEIGHTS = "tgir_combiner.safetensors"
+COMBINER_CONFIG = "tgir_combiner.json"
+
+
+def _embeds(output, kind: str) -> torch.Tensor:
+    from .evaluation.evaluator import _features
+
+    return _features(output, kind)
+
+
+class ComposedQueryModel(nn.Module):
+    """A dual encoder + a learned combiner for TGIR (see the module docstring). ``forward`` mirrors
+    `SyncMaskForTextGuidedImageRetrieval.forward`: contrastive loss of the composed queries against the batch's
+    target images, multi-positive when ``target_ids`` mark equal targets."""
+
+    def __init__(self, model: nn.Module, embed_dim: int | None = None, hidden_dim: int | None = None):
+        super().__init__()
+        self.model = model
+        if embed_dim is None:
+            embed_dim = int(getattr(model.config, "embed_dim", 0) or getattr(model.config, "projection_dim", 0))
+        if not embed_dim:
+            raise ValueError("ComposedQueryModel needs embed_dim (the joint-space size) for this model's config")
+        hidden_dim = hidden_dim or 2 * embed_dim
+        self.embed_dim, self.hidden_dim = embed_dim, hidden_dim
+        self.combiner = nn.Sequential(
+            nn.Linear(2 * embed_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embed_dim)
+        )
+        nn.init.zeros_(self.combiner[2].weight)
+        nn.init.zeros_(self.combiner[2].bias)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def get_image_features(self, pixel_values):
+        return F.normalize(_embeds(self.model.get_image_features(pixel_values=pixel_values), "image"), dim=-1)
+
+    def get_query_features(self, pixel_values, input_ids, attention_mask=None):
+        image = self.get_image_features(pixel_values)
+        text = F.normalize(
+            _embeds(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), "text"), dim=-1
+        )
+        return F.normalize(image + text + self.combiner(torch.cat([image, text], dim=-1)), dim=-1)
+
+    def forward(
+        self, pixel_values, input_ids, attention_mask=None, target_pixel_values=None, target_ids=None, **kwargs
+    ):
+        from .losses import contrastive_loss, multi_positive_targets
+
+        query = self.get_query_features(pixel_values, input_ids, attention_mask)
+        target = self.get_image_features(target_pixel_values)
+        logits = self.logit_scale.clamp(max=math.log(100.0)).exp() * query @ target.t()
+        ids = target_ids if target_ids is not None else torch.arange(query.shape[0], device=query.device)
+        targets = multi_positive_targets(ids, ids)
+        return _LossOutput(loss=contrastive_loss(logits, logits.t(), targets, targets))
+
+    def save_combiner(self, folder: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("model.")}
+        save_file(state, str(Path(folder, COMBINER_WEIGHTS)))
+        Path(folder, COMBINER_CONFIG).write_text(
+            json.dumps({"embed_dim": self.embed_dim, "hidden_dim": self.hidden_dim}, indent=1)
+        )
+
+    @classmethod
+    def from_folder(cls, model: nn.Module, folder: str | os.PathLike) -> ComposedQueryModel:
+        """Wrap `model`; load the combiner saved beside it when there is one (else the image + text baseline)."""
+        from safetensors.torch import load_file
+
+        cfg_path = Path(folder, COMBINER_CONFIG)
+        if not cfg_path.is_file():
+            return cls(model)
+        wrapper = cls(model, **json.loads(cfg_path.read_text()))
+        missing, unexpected = wrapper.load_state_dict(load_file(str(Path(folder, COMBINER_WEIGHTS))), strict=False)
+        if unexpected or [k for k in missing if not k.startswith("model.")]:
+            raise ValueError(
+                f"{folder}/{COMBINER_WEIGHTS} does not match the combiner ({missing[:3]}, {unexpected[:3]})"
+            )
+        return wrapper
+
+
+@dataclass
+class _LossOutput:
+    loss: torch.Tensor
+
+
+class TGIRAdapter:
+    """One interface over both query models: ``query(pixel_values, input_ids, attention_mask)`` and
+    ``image(pixel_values)``, L2-normalised, in the space the targets are matched in."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        if hasattr(model, "get_query_features") and hasattr(model, "syncmask"):
+            self.image_fn = model.syncmask.get_image_features
+        elif hasattr(model, "get_query_features"):
+            self.image_fn = model.get_image_features
+        else:
+            raise TypeError(f"{type(model).__name__} has no get_query_features: wrap it in ComposedQueryModel")
+
+    def query(self, pixel_values, input_ids, attention_mask):
+        return F.normalize(self.model.get_query_features(pixel_values, input_ids, attention_mask), dim=-1)
+
+    def image(self, pixel_values):
+        return F.normalize(_embeds(self.image_fn(pixel_values), "image"), dim=-1)
+
+
+def load_tgir_model(folder: str | os.PathLike, head: str = "auto"):
+    """(TGIR model, processor, head name) for a saved folder: ``"fusion"`` (SyncMask's TGIR head; auto for
+    SyncMask) or ``"combiner"`` (`ComposedQueryModel` over `AutoModel`; auto for every other model; a combiner saved
+    in the folder by finetune_tgir.py is loaded)."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
+    if head == "auto":
+        head = (
+            "fusion" if config.model_type == "syncmask" and not Path(folder, COMBINER_CONFIG).is_file() else "combiner"
+        )
+    if head not in ("fusion", "combiner"):
+        raise ValueError(f"TGIR head must be 'auto', 'fusion' or 'combiner', got {head!r}")
+    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    if head == "fusion":
+        if config.model_type != "syncmask":
+            raise ValueError(f"the fusion TGIR head exists for SyncMask only, not {config.model_type}; use 'combiner'")
+        from .modeling_syncmask import SyncMaskForTextGuidedImageRetrieval
+
+        return SyncMaskForTextGuidedImageRetrieval.from_pretrained(str(folder)), processor, head
+    base = AutoModel.from_pretrained(str(folder), trust_remote_code=True)
+    return ComposedQueryModel.from_folder(base, folder), processor, head
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+@dataclass
+class TGIRSet:
+    """Triplets over one image gallery: query i = (gallery[reference[i]], texts[i]) -> gallery[target[i]].
+
+    ``gallery`` holds images in any form `load_image` takes; ``gallery_keys`` identify them (equal key = same
+    image, used for multi-positive targets in training); ``categories`` / ``gallery_categories`` (optional)
+    restrict each query to its category's gallery (FashionIQ).
+    """
+
+    gallery: list
+    gallery_keys: list[str]
+    reference: list[int]
+    texts: list[str]
+    target: list[int]
+    categories: list[str] | None = None
+    gallery_categories: list[str] | None = None
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def colour_variant_set(
+    catalog, group_by: str | Sequence[str] = "product_id", max_per_group: int | None = None, seed: int = 0
+) -> TGIRSet:
+    """Colour-variant triplets (`syncmask_hf.data.colour_variant_triplets`) of a catalogue split; the gallery is
+    every image of the split, so distractors include the other colours of the same garment."""
+    from .data import colour_variant_triplets
+
+    triplets = colour_variant_triplets(catalog, group_by=group_by, max_per_group=max_per_group, seed=seed)
+    return TGIRSet(
+        gallery=list(catalog["image"]),
+        gallery_keys=[str(x) for x in catalog["item_id"]],
+        reference=list(triplets["reference_index"]),
+        texts=list(triplets["caption"]),
+        target=list(triplets["target_index"]),
+        info={"source": "colour_variants", "num_triplets": len(triplets), "gallery_size": len(catalog)},
+    )
+
+
+def fashioniq_set(root: str, image_dir: str, categories: Sequence[str], split: str, skip_bad: bool = True) -> TGIRSet:
+    """FashionIQ triplets of `split` for `categories` (images ``image_dir/<id>.jpg``); the gallery is the split's
+    image list per category (``image_splits/split.<category>.<split>.json``) plus any triplet image it lacks."""
+    from .data import load_fashioniq, load_fashioniq_gallery
+
+    gallery, keys, cats, refs, texts, tgts, qcats = [], [], [], [], [], [], []
+    skipped = 0
+    for category in categories:
+        triplets, report = load_fashioniq(root, category, split, image_dir, skip_bad=skip_bad, return_report=True)
+        skipped += report.num_skipped
+        index: dict[str, int] = {}
+
+        def add(image_id, category=category, index=index):
+            if image_id not in index:
+                index[image_id] = len(gallery)
+                gallery.append(os.path.join(image_dir, f"{image_id}.jpg"))
+                keys.append(f"{category}/{image_id}")
+                cats.append(category)
+            return index[image_id]
+
+        for image_id in load_fashioniq_gallery(root, category, split, image_dir, skip_bad=skip_bad)["image_id"]:
+            add(image_id)
+        for cand, tgt, caption in zip(triplets["candidate"], triplets["target"], triplets["caption"]):
+            if not tgt:
+                continue  # the test split has no targets
+            refs.append(add(cand))
+            tgts.append(add(tgt))
+            texts.append(caption)
+            qcats.append(category)
+    if not texts:
+        raise ValueError(
+            f"no FashionIQ triplets with images for {list(categories)} / {split} under {image_dir} "
+            f"({skipped} skipped for missing images)"
+        )
+    return TGIRSet(
+        gallery=gallery,
+        gallery_keys=keys,
+        reference=refs,
+        texts=texts,
+        target=tgts,
+        categories=qcats,
+        gallery_categories=cats,
+        info={"source": "fashioniq", "num_triplets": len(texts), "gallery_size": len(gallery), "skipped": skipped},
+    )
+
+
+class TripletDataset(torch.utils.data.Dataset):
+    """Training rows of a `TGIRSet`: {reference, text, target, target_key}."""
+
+    def __init__(self, data: TGIRSet):
+        if len(data) == 0:
+            raise ValueError(f"no TGIR triplets to train on ({data.info})")
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        d = self.data
+        return {
+            "reference": d.gallery[d.reference[i]],
+            "text": d.texts[i],
+            "target": d.gallery[d.target[i]],
+            "target_key": d.gallery_keys[d.target[i]],
+        }
+
+
+class TripletCollator:
+    """Triplet rows -> pixel_values / input_ids / attention_mask (reference + text), target_pixel_values and
+    target_ids (stable hash of the target image's key: equal targets are positives of each other)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, rows: list[dict]) -> dict:
+        from .data import stable_id
+
+        query = self.processor(
+            images=[r["reference"] for r in rows], text=[r["text"] for r in rows], return_tensors="pt"
+        )
+        target = self.processor(images=[r["target"] for r in rows], return_tensors="pt")
+        return {
+            "pixel_values": query["pixel_values"],
+            "input_ids": query["input_ids"],
+            "attention_mask": query["attention_mask"],
+            "target_pixel_values": target["pixel_values"],
+            "target_ids": torch.tensor([stable_id(r["target_key"]) for r in rows], dtype=torch.long),
+        }
+
+
+@torch.no_grad()
+def evaluate_tgir(
+    model: nn.Module,
+    processor,
+    data: TGIRSet,
+    device=None,
+    batch_size: int = 64,
+    ks: Sequence[int] = (10, 50),
+    show_progress: bool = True,
+) -> dict:
+    """Embed the gallery and the composed queries and compute `tgir_recall` (reference image excluded; per
+    category with FashionIQ). ks larger than the gallery are dropped (and listed in ``ks_dropped``)."""
+    from tqdm.auto import tqdm
+
+    from .evaluation import tgir_recall
+
+    adapter = TGIRAdapter(model)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        gallery = []
+        for s in tqdm(range(0, len(data.gallery), batch_size), desc="TGIR gallery", disable=not show_progress):
+            pixels = processor(images=data.gallery[s : s + batch_size], return_tensors="pt")["pixel_values"]
+            gallery.append(adapter.image(pixels.to(device)).float().cpu())
+        queries = []
+        for s in tqdm(range(0, len(data), batch_size), desc="TGIR queries", disable=not show_progress):
+            refs = [data.gallery[i] for i in data.reference[s : s + batch_size]]
+            batch = processor(images=refs, text=data.texts[s : s + batch_size], return_tensors="pt")
+            queries.append(
+                adapter.query(
+                    batch["pixel_values"].to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                )
+                .float()
+                .cpu()
+            )
+    finally:
+        model.train(was_training)
+    if data.gallery_categories is not None:
+        smallest = min(data.gallery_categories.count(c) for c in set(data.categories))
+    else:
+        smallest = len(data.gallery)
+    usable = [k for k in ks if k < smallest]  # the reference is excluded from its own gallery
+    if not usable:
+        raise ValueError(f"the TGIR gallery has {smallest} images: too small for recall@{list(ks)}")
+    results = tgir_recall(
+        torch.cat(queries),
+        torch.cat(gallery),
+        np.asarray(data.target),
+        np.asarray(data.reference),
+        usable,
+        categories=data.categories,
+        gallery_categories=data.gallery_categories,
+    )
+    results["gallery_size"] = len(data.gallery)
+    if len(usable) < len(ks):
+        results["ks_dropped"] = [k for k in ks if k not in usable]
+    return results
