@@ -18,12 +18,14 @@ from transformers import (
 
 from . import data, evaluation
 from .captioning import caption_images, train_decap
+from .composed_retrieval import ComposedQueryModel
 from .configuration_decap import FashionDeCapConfig
 from .configuration_e2 import E2Config
 from .configuration_fashionfae import FashionFAEConfig
 from .configuration_syncmask import SyncMaskConfig
-from .data import CATALOG_FEATURES, load_catalog, load_fashioniq, product_disjoint_split
+from .data import CATALOG_FEATURES, colour_variant_triplets, load_catalog, load_fashioniq, product_disjoint_split
 from .e2_sampling import OneImagePerProductSampler
+from .hub import HubFolderError, check_model_folder, push_demo_space, push_model_folder, write_model_card
 from .masking import synchronized_masks, synchronized_scores
 from .modeling_decap import FashionDeCapForCaptioning, FashionDeCapOutput, FashionDeCapPreTrainedModel
 from .modeling_e2 import E2FusionBlock, E2Model, E2Output, E2PreTrainedModel, E2VisionOutput
@@ -79,6 +81,13 @@ for _config in (SyncMaskConfig, E2Config, FashionFAEConfig):
 __all__ = [
     "__version__",
     "CATALOG_FEATURES",
+    "ComposedQueryModel",
+    "HubFolderError",
+    "check_model_folder",
+    "colour_variant_triplets",
+    "push_demo_space",
+    "push_model_folder",
+    "write_model_card",
     "E2Config",
     "FashionDeCapConfig",
     "FashionDeCapForCaptioning",
@@ -125,17 +134,3 @@ __all__ = [
     "synchronized_masks",
     "synchronized_scores",
 ]
-
-# --- hub publishing (branch hub) ---
-# isort: split
-from .hub import HubFolderError, check_model_folder, push_demo_space, push_model_folder, write_model_card
-
-# --- end hub publishing ---
-
-# --- fine-tuning and evaluation (branch finetune) ---
-# isort: split
-from .composed_retrieval import ComposedQueryModel
-from .data import colour_variant_triplets
-
-__all__ += ["ComposedQueryModel", "colour_variant_triplets"]
-# --- end fine-tuning and evaluation ---
