@@ -118,7 +118,9 @@ def main(argv=None):
         len(training.random_batch_loader(train, collator, args, accelerator, 0)) / args.gradient_accumulation_steps
     )
     total_steps = args.max_steps or args.num_epochs * steps_per_epoch
-    scheduler = training.cosine_with_warmup(optimizer, args.warmup_steps, total_steps)
+    scheduler = training.cosine_with_warmup(
+        optimizer, args.warmup_steps, total_steps, num_processes=accelerator.num_processes
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     accelerator.register_for_checkpointing(training.TrainingBuffers(unwrapped))

@@ -44,11 +44,13 @@ from syncmask_hf.training import (
     MODEL_SPECS,
     Progress,
     TrainingBuffers,
+    adopt_text_checkpoint,
     build_processor,
     cosine_with_warmup,
     find_checkpoint,
     load_catalog_splits,
     model_classes,
+    multi_cpu_launch,
     parameter_groups,
     resolve_config_path,
 )
@@ -102,6 +104,7 @@ def parse_args(argv=None):
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--learning_rate", type=float, default=None, help="default: 1e-4 (SyncMask, FashionFAE), 5e-4 (E2)")
     p.add_argument("--weight_decay", type=float, default=0.02)
+    p.add_argument("--adam_epsilon", type=float, default=1e-8)
     p.add_argument("--warmup_steps", type=int, default=20)
     p.add_argument("--max_grad_norm", type=float, default=5.0)
     p.add_argument(
@@ -141,7 +144,13 @@ def parse_args(argv=None):
     p.add_argument("--push_to_hub", action="store_true")
     p.add_argument("--hub_model_id", default=None)
     p.add_argument("--hub_token", default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.model == "e2" and args.text_pretrained:
+        p.error(
+            "--text_pretrained is for the BERT text towers of syncmask / fashionfae; E2 starts from a whole CLIP "
+            "checkpoint: --vision_pretrained openai/clip-vit-base-patch32 (or a local CLIP folder)"
+        )
+    return args
 
 
 def build_data(args, processor, mode, accelerator):
@@ -197,6 +206,7 @@ def main(argv=None):
         except ImportError:
             report_to = None
     accelerator = Accelerator(
+        cpu=multi_cpu_launch(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if report_to in (None, "none") else report_to,
         project_config=project,
@@ -228,6 +238,8 @@ def main(argv=None):
         model = model_cls.from_clip(args.vision_pretrained, entities=list(config.entities))
         config = model.config
     elif text_source or args.vision_pretrained:
+        if text_source:
+            config = adopt_text_checkpoint(config, text_source)  # the config's text tower takes the checkpoint's shape
         model = model_cls.from_encoders(config, text=text_source, vision=args.vision_pretrained)
     else:
         model = model_cls(config)
@@ -236,7 +248,7 @@ def main(argv=None):
     splits, collator = build_data(args, processor, mode, accelerator)
     train = splits["train"]
     logger.info(
-        f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; train {len(train)} items, validation {len(splits['validation'])}, test {len(splits['test'])}",
+        f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} ({accelerator.distributed_type}); train {len(train)} items, validation {len(splits['validation'])}, test {len(splits['test'])}",
         main_process_only=True,
     )
 
@@ -247,12 +259,12 @@ def main(argv=None):
     e2_two_stage = args.model == "e2" and args.e2_stage in ("1", "both")
     if e2_two_stage:
         model.freeze_pretrained(True)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=lr, eps=args.adam_epsilon)
 
     sampler0 = build_batch_sampler(args, train, accelerator, 0)
     steps_per_epoch = math.ceil(len(sampler0) / args.gradient_accumulation_steps)
     total_steps = args.max_steps or (args.num_epochs * steps_per_epoch if args.num_epochs else 200)
-    scheduler = cosine_with_warmup(optimizer, args.warmup_steps, total_steps)
+    scheduler = cosine_with_warmup(optimizer, args.warmup_steps, total_steps, num_processes=accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_for_checkpointing(TrainingBuffers(accelerator.unwrap_model(model)))
     if hasattr(accelerator.unwrap_model(model), "task_sampler"):
@@ -369,7 +381,10 @@ def main(argv=None):
             from syncmask_hf.hub import publish
 
             repo_id = args.hub_model_id or f"{args.model}-fashion"
-            summary = {name: {k: results[name][k] for k in RECALL_COLUMNS} for name in ("full", "sample100")}
+            summary = {
+                name: {k: results[name][k] for k in training.RECALL_COLUMNS if k in results[name]}
+                for name in ("full", "sample100")
+            }
             training_args = {k: v for k, v in vars(args).items() if k != "hub_token"}
             urls = publish(
                 final,

@@ -361,6 +361,8 @@ def test_evaluate_all_tasks_with_itm_rerank(assets, tmp_path):
         ("finetune_retrieval", ["--model_path", "M", "--dataset", "x", "--batch_size", "0"], "--batch_size must be"),
         ("finetune_retrieval", ["--model_path", "/no/such/folder", "--dataset", "x"], "not a saved model folder"),
         ("finetune_classification", ["--model_path", "M"], "pass --dataset"),
+        ("train_captioner", ["--decoder_width", "30", "--decoder_heads", "4"], "multiple of --decoder_heads"),
+        ("train_captioner", ["--memory_temperature", "0"], "--memory_temperature must be > 0"),
     ],
 )
 def test_bad_arguments_give_clear_errors(script, argv, message, capsys):
@@ -377,3 +379,22 @@ def test_tgir_on_a_catalogue_without_colour_variants_says_so(assets):
     )
     with pytest.raises(SystemExit, match="no colour variants"):
         module.build_sets(args)
+
+
+def test_train_captioner_on_an_e2_encoder(tmp_path, assets):
+    from transformers import AutoModel
+
+    encoder = save_tiny_model("e2", tmp_path / "e2")
+    out = tmp_path / "cap"
+    args = ["--model_path", encoder, "--dataset", f"folder:{assets['catalog']}", "--test_products", "0.4"]
+    tiny = ["--decoder_width", "32", "--decoder_layers", "1", "--decoder_heads", "2", "--batch_size", "16"]
+    proc = run("train_captioner.py", [*args, *tiny, "--max_steps", "3", "--max_eval_images", "5", "--output_dir", out])
+    results = json.loads((out / "caption_results.json").read_text())
+    assert results["train_steps"] == 3 and results["metrics"]["num_images"] == 5
+    for metric in ("BLEU-4", "CIDEr-D", "ROUGE-L"):
+        assert 0.0 <= results["metrics"][metric] <= 1000.0
+    assert len(results["examples"]) == 5 and all(isinstance(e["caption"], str) for e in results["examples"])
+    assert "BLEU-4" in proc.stdout
+    captioner = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert captioner.config.memory_size == results["train_texts"]  # the training texts are the memory
+    assert captioner.config.prefix_dim == 32  # e2-tiny's joint space

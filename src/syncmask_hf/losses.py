@@ -19,19 +19,22 @@ def _distributed() -> bool:
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """All-gather `tensor` along dim 0 from every rank, keeping the gradient of the local slice.
+    """All-gather `tensor` along dim 0 from every rank, differentiably: the backward pass sums, for each rank's
+    slice, the gradients every rank's loss sends it.
+
+    Each rank computes the loss of its own rows against the gathered columns. Its features also serve as columns
+    in the other ranks' rows, and those gradient terms only reach it through this backward; with them, DDP's
+    average over ranks equals the one-process gradient of the same global batch exactly. (Putting the local slice
+    back into a plain `all_gather`, as open_clip's default does, drops them.)
 
     With one process this is the identity. Ranks must pass tensors of equal shape (the samplers drop or pad to
     equal per-rank batches).
     """
     if not _distributed():
         return tensor
-    gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    # all_gather returns tensors without history: put the local one (with its graph) back in its place, as
-    # open_clip does, so every rank gets gradients for its own features.
-    gathered[dist.get_rank()] = tensor
-    return torch.cat(gathered, dim=0)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
 @torch.no_grad()

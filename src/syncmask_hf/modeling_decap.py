@@ -317,7 +317,10 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
             num_beams=num_beams,
             **generate_kwargs,
         )
-        return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        return [
+            text.strip()
+            for text in tokenizer.batch_decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        ]
 
 
 # save_pretrained writes `auto_map` and copies this code, so Hub copies load with trust_remote_code=True.

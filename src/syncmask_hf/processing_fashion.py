@@ -680,7 +680,7 @@ class FashionCollator:
             first: load with `dataset.cast_column("image", datasets.Image(decode=False))`.
         category_label_map / subcategory_label_map: name -> class index (or a list of names) to add
             `category_labels` / `subcategory_labels` (-100 when unknown or not in the map).
-        seed: seed of the template shuffle in `"fae"` mode (each DataLoader worker gets its own stream).
+        seed: seed of the template shuffle in `"fae"` mode (per batch, from the seed and its items: exact in any worker and after a resume).
     """
 
     MODES = ("pairs", "e2", "fae")
@@ -709,8 +709,6 @@ class FashionCollator:
         self.skip_reasons: Counter = Counter()
         self.skipped_item_ids: list[str] = []
         self._skipped = multiprocessing.Value("q", 0)
-        self._rng: random.Random | None = None
-        self._rng_worker: int | None = None
 
     @staticmethod
     def _label_map(label_map) -> dict[str, int] | None:
@@ -742,13 +740,14 @@ class FashionCollator:
             state["_skipped"] = multiprocessing.Value("q", state["_skipped"])
         self.__dict__.update(state)
 
-    def _shuffle_rng(self) -> random.Random:
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else -1
-        if self._rng is None or self._rng_worker != worker:
-            self._rng = random.Random(None if self.seed is None else self.seed * 1_000_003 + worker + 1)
-            self._rng_worker = worker
-        return self._rng
+    def _shuffle_rng(self, rows) -> random.Random:
+        """The template shuffle's generator for one batch, seeded by `seed` and the batch's items: the same batch
+        gets the same templates in any worker and after a resume that skips the batches before it (a stream would
+        depend on how many batches this process collated), and reshuffled batches of the next epoch get new ones."""
+        if self.seed is None:
+            return random.Random()
+        keys = "|".join(str(row.get("item_id") or row.get("product_id") or "") for row in rows)
+        return random.Random(stable_id(f"{self.seed}|{keys}"))
 
     def _skip(self, error: FashionInputError, reason: str):
         with self._skipped.get_lock():
@@ -828,7 +827,7 @@ class FashionCollator:
                 product_ids=product_keys,
                 text_format="attributes",
                 return_entities=False,
-                generator=self._shuffle_rng(),
+                generator=self._shuffle_rng(kept),
                 return_tensors=self.return_tensors,
             )
             # text_ids hash the row text itself, so FAE's shuffled templates do not make equal texts differ

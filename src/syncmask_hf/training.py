@@ -9,6 +9,7 @@ plus the position in the data (epoch and batch), so a run killed mid-epoch conti
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -141,12 +142,18 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
-    """Linear warm-up then cosine decay (transformers' get_cosine_schedule_with_warmup, with a floor)."""
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, num_processes: int = 1):
+    """Linear warm-up then cosine decay (transformers' get_cosine_schedule_with_warmup, with a floor).
+
+    Pass `accelerator.num_processes` when the scheduler goes through `accelerator.prepare`: a prepared scheduler
+    steps once per process per optimizer step, so the horizon is scaled to match and the learning rate at step k is
+    the same with any number of processes.
+    """
     from transformers import get_cosine_schedule_with_warmup
 
+    warmup_steps, total_steps = warmup_steps * num_processes, max(total_steps, 1) * num_processes
     if min_ratio <= 0:
-        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -171,6 +178,31 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def move_to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def adopt_text_checkpoint(config, text_name_or_path: str):
+    """A copy of a SyncMask / FashionFAE `config` whose text tower has the shape of a BERT checkpoint, so that
+    `from_encoders(config, text=...)` can load it (e.g. `--text_pretrained minilm` on a small config).
+
+    The checkpoint's architecture (width, heads, feed-forward, vocabulary, positions) replaces `text_config`;
+    dropout and the config's other fields stay. SyncMask keeps its text / fusion split when it adds up to the
+    checkpoint's depth and otherwise splits it in half (ALBEF: 6 text + 6 fusion of BERT-base's 12).
+    """
+    from transformers import BertConfig
+
+    source = BertConfig.from_pretrained(text_name_or_path)
+    data = config.to_dict()
+    text = dict(data["text_config"])
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size", "hidden_act", "vocab_size",
+                "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id"):  # fmt: skip
+        text[key] = getattr(source, key)
+    text["num_hidden_layers"] = source.num_hidden_layers
+    data["text_config"] = text
+    if "num_fusion_layers" in data and data["num_text_layers"] + data["num_fusion_layers"] != source.num_hidden_layers:
+        data["num_text_layers"] = source.num_hidden_layers // 2
+        data["num_fusion_layers"] = source.num_hidden_layers - data["num_text_layers"]
+        data["sync_attention_layers"] = min(data.get("sync_attention_layers", 1), data["num_fusion_layers"])
+    return type(config).from_dict(data)
 
 
 def build_processor(model_name: str, config, text_name_or_path: str | None = None, max_length: int = 64):
@@ -248,6 +280,14 @@ def load_model_folder(folder: str | os.PathLike, model_class=None, **kwargs):
     return model, processor
 
 
+def multi_cpu_launch() -> bool:
+    """True in one of several processes started by torchrun / `accelerate launch --multi_gpu` on a machine without
+    a GPU. Accelerate only forms a gloo group on CPU when asked for the CPU (`Accelerator(cpu=True)`); without it
+    every process would silently train alone. (`accelerate launch --cpu --num_processes N` itself starts a single
+    process unless MPI is set up, so the documented CPU launch is torchrun's.)"""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def report_to_backend(report_to: str | None) -> str | None:
     """'auto' -> 'tensorboard' when installed, else None; 'none' -> None."""
     if report_to == "auto":
@@ -292,6 +332,13 @@ def evaluate_retrieval(
     s100 = {"num_negatives": num_negatives, "num_queries": min(1000, len(dataset)), "seed": seed}
     s100.update(protocol_kw.pop("sample100_kwargs", None) or {})
     embeddings = protocol_kw.pop("embeddings", None)
+    if "ks" not in protocol_kw and num_products < 10:
+        # Every product has at least one text and one image: R@k with k >= the gallery would be trivially 100%.
+        protocol_kw["ks"] = tuple(k for k in (1, 5, 10) if k <= num_products) or (1,)
+        logging.getLogger(__name__).warning(
+            f"only {num_products} held-out products: reporting R@{list(protocol_kw['ks'])} (sumR over those); "
+            "hold out more products (--test_products) for the usual R@1/5/10"
+        )
     results = evaluator.evaluate(
         None if embeddings is not None else [b for b in loader if b is not None],
         embeddings=embeddings,
@@ -311,7 +358,9 @@ def retrieval_summary_table(results: dict, title: str | None = None) -> str:
     from .evaluation import format_results_markdown
 
     names = ("full", "full_itm", "sample100", "sample100_itm")  # *_itm: ITM re-ranked (evaluate.py --rerank_k)
-    rows = {name: {k: results[name][k] for k in RECALL_COLUMNS} for name in names if name in results}
+    rows = {
+        name: {k: results[name][k] for k in RECALL_COLUMNS if k in results[name]} for name in names if name in results
+    }
     for name, row in rows.items():
         row["chance_R@1"] = results["chance"]["full_R@1" if name.startswith("full") else "sample100_R@1"]
     if title is None:
@@ -388,6 +437,7 @@ def make_accelerator(args, project: str, find_unused_parameters: bool = False):
 
     report_to = report_to_backend(args.report_to)
     accelerator = Accelerator(
+        cpu=multi_cpu_launch(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to,
         project_config=ProjectConfiguration(
@@ -556,7 +606,7 @@ class ContrastiveFineTuning(nn.Module):
         return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
 
     def forward(self, pixel_values, input_ids, attention_mask=None, product_ids=None, **kwargs):
-        from .evaluation.evaluator import _features
+        from .features import features_tensor as _features
         from .losses import clip_contrastive_loss
 
         image = nn.functional.normalize(_features(self.get_image_features(pixel_values), "image"), dim=-1)
@@ -573,7 +623,7 @@ def embed_catalog_images(
     ``skip_bad=False``), and the kept indices keep features aligned with the rows' labels."""
     from tqdm.auto import tqdm
 
-    from .evaluation.evaluator import _features
+    from .features import features_tensor as _features
     from .processing_fashion import FashionInputError, load_image
 
     device = device or next(model.parameters()).device
