@@ -248,6 +248,8 @@ def test_aetp_needs_roles_and_plain_mlm_does_not():
     # plain MLM masks round(15%) of the eligible tokens anywhere (here 22 eligible -> 3), specials never
     eligible = (roles["token_roles"] != 0) & (batch["attention_mask"] == 1)
     assert ((out.labels != -100).sum(1) == 3).all() and not (out.labels[~eligible] != -100).any()
+    # the vocabulary projection runs only at the masked tokens
+    assert out.logits.shape == (int((out.labels != -100).sum()), plain.config.text_config.vocab_size)
     # forcing AETP on the plain config uses the attribute masking
     out = plain(**batch, **roles, task="aetp")
     assert out.task == "aetp" and torch.isfinite(out.loss_aetp)
