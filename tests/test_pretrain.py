@@ -105,6 +105,18 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, model):
     assert_same_weights(tmp_path / "ref" / "final", out / "final")
 
 
+def test_accelerate_cpu_launch_that_starts_one_process_is_refused(tmp_path):
+    """accelerate 1.x's `launch --cpu --num_processes 2` starts a single process without MPI: refuse, name the fix."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *TINY, "--max_steps", "1",
+         "--output_dir", str(tmp_path / "run")],
+        env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "started a single process" in proc.stderr and "torchrun --nproc_per_node N" in proc.stderr
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path):
     # A deterministic objective (E2 without Gumbel noise is not; SyncMask's ITM sampling is not): compare E2 with

@@ -285,7 +285,16 @@ def multi_cpu_launch() -> bool:
     a GPU. Accelerate only forms a gloo group on CPU when asked for the CPU (`Accelerator(cpu=True)`); without it
     every process would silently train alone. (`accelerate launch --cpu --num_processes N` itself starts a single
     process unless MPI is set up, so the documented CPU launch is torchrun's.)"""
-    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    env = os.environ
+    single = not any(k in env for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if single and "MASTER_ADDR" in env and env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
+        # accelerate's CPU launcher exports MASTER_ADDR only when asked for several processes, then starts one.
+        raise RuntimeError(
+            "`accelerate launch --cpu --num_processes N` started a single process (accelerate starts several CPU "
+            "processes only through MPI), so this run would silently train alone with 1/N of the global batch. "
+            "Launch N CPU processes with `torchrun --nproc_per_node N <script> ...` (gloo), or drop --num_processes."
+        )
+    return not torch.cuda.is_available() and int(env.get("WORLD_SIZE", "1")) > 1
 
 
 def report_to_backend(report_to: str | None) -> str | None:
