@@ -346,6 +346,18 @@ def main(argv=None):
             bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}")
             if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
                 save_checkpoint(accelerator, args, progress, collator)
+            if args.eval_every and progress.global_step % args.eval_every == 0 and len(splits["validation"]):
+                val = evaluate_split(accelerator, unwrapped, splits["validation"], collator, args)
+                keys = [k for k in ("i2t_R@1", "t2i_R@1", "sumR") if k in val["full"]]
+                metrics = {f"val/{k}": val["full"][k] for k in keys}
+                metrics.update({f"val/sample100_{k}": val["sample100"][k] for k in keys})
+                accelerator.log(metrics, step=progress.global_step)
+                logger.info(
+                    f"step {progress.global_step}: validation "
+                    + ", ".join(f"{k[4:]} {v:.2f}" for k, v in metrics.items()),
+                    main_process_only=True,
+                )
+                model.train()
             if progress.global_step >= total_steps or (
                 args.max_train_minutes and time.monotonic() - started > 60 * args.max_train_minutes
             ):
@@ -358,11 +370,13 @@ def main(argv=None):
     progress.skipped_items = int(getattr(collator, "num_skipped", 0))
     train_minutes = (time.monotonic() - started) / 60
 
-    results = evaluate_split(accelerator, unwrapped, splits["test"], collator, args)
+    final = Path(args.output_dir, "final")
     if accelerator.is_main_process:
-        final = Path(args.output_dir, "final")
+        # Saved before the evaluation, so nothing trained is lost if the evaluation fails.
         unwrapped.save_pretrained(final)
         processor.save_pretrained(final)
+    results = evaluate_split(accelerator, unwrapped, splits["test"], collator, args)
+    if accelerator.is_main_process:
         results["training"] = {
             "model": args.model,
             "config": str(config_path),

@@ -226,3 +226,22 @@ def test_corrupt_image_is_skipped_and_counted_or_stops_the_run(tmp_path):
     strict = run([*common, "--output_dir", str(tmp_path / "strict"), "--bad_items", "error"])
     assert strict.returncode != 0
     assert "3.png" in strict.stderr
+
+
+def test_periodic_validation_is_logged_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    proc = run(
+        ["--model", "e2", "--dataset", "synthetic:160", "--batch_size", "8", "--max_steps", "4", "--eval_every", "2",
+         "--val_products", "0.25", "--test_products", "0.25", "--checkpoint_every", "0", "--report_to",
+         "tensorboard", "--output_dir", str(out)]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 2: validation" in proc.stderr and "step 4: validation" in proc.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(out.glob("logs/**/events.out.tfevents.*")).parent))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("val/sumR")]
+    assert steps == [2, 4] and len(events.Scalars("loss")) == 4
+    assert (out / "final" / "model.safetensors").is_file()
