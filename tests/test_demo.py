@@ -165,3 +165,32 @@ def test_browser_search_and_upload(server, photo, tmp_path):
         page.wait_for_function("document.querySelectorAll('img').length > 14", timeout=60_000)
         browser.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def test_caption_with_a_trained_captioner_folder(engine, tmp_path):
+    """With --captioner the demo decodes a caption from the image embedding (not the closest-text fallback)."""
+    from syncmask_hf import FashionDeCapConfig, FashionDeCapForCaptioning
+    from syncmask_hf.captioning import encode_texts, train_decap
+
+    texts = list(engine.catalog["text"])[:24]
+    tokens = engine.processor.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    embeds = encode_texts(engine.model, tokens["input_ids"], tokens["attention_mask"])
+    tok = engine.processor.tokenizer
+    config = FashionDeCapConfig(
+        text_config={"n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 80},
+        prefix_dim=embeds.shape[1],
+        vocab_size=len(tok),
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    captioner = FashionDeCapForCaptioning(config)
+    train_decap(captioner, embeds, tokens["input_ids"], tokens["attention_mask"], steps=2, progress=False)
+    captioner.save_pretrained(tmp_path / "captioner")
+
+    search = CatalogSearch(
+        engine.model_path, "synthetic:48", cache_dir=engine.cache_dir, captioner=tmp_path / "captioner"
+    )
+    caption = search.caption(engine.image(0), max_new_tokens=8, num_beams=2)
+    assert isinstance(caption, str) and not caption.startswith("(closest catalogue text)")
+    assert search.captioner.config.memory_size == len(texts)
