@@ -36,7 +36,7 @@ caption() {  # caption NAME: the captioner over the encoder of run NAME, evaluat
     if [[ -f "$OUT/captioner_$name/caption_results.json" ]]; then echo "captioner_$name: done already"; return; fi
     echo "captioner_$name: python examples/train_captioner.py --model_path $OUT/$name/final ..."
     python examples/train_captioner.py --model_path "$OUT/$name/final" --dataset "hm:$DATA/hm" --seed 42 \
-        --epochs 2 --max_length 32 --decoder_width 128 --max_eval_images 300 --output_dir "$OUT/captioner_$name" > "$OUT/captioner_$name.log" 2>&1
+        --epochs 8 --max_length 32 --decoder_width 128 --no_repeat_ngram_size 3 --max_eval_images 300 --output_dir "$OUT/captioner_$name" > "$OUT/captioner_$name.log" 2>&1
 }
 
 run syncmask_sync_semihard "${SYNC[@]}" &
@@ -48,9 +48,9 @@ wait
 run fashionfae_aetp_apir "${FAE[@]}" --max_steps 2700 &
 run fashionfae_plain_mlm_mim "${FAE[@]}" --max_steps 3800 --config_override '{"aetp": false, "apir": false}' &
 wait
-run syncmask_sync_plain "${SYNC[@]}" --sampler random &
+run syncmask_sync_plain "${SYNC[@]}" --sampler random
 caption e2 &
+caption e2_clip_ft &
 wait
-caption e2_clip_ft
 
 python examples/summarize_runs.py "$OUT"

@@ -55,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--noise_std", type=float, default=0.0, help="training noise on the text embedding (CapDec)")
     p.add_argument("--num_beams", type=int, default=3)
     p.add_argument("--max_new_tokens", type=int, default=40)
+    p.add_argument(
+        "--no_repeat_ngram_size", type=int, default=0, help="generate(): forbid repeated n-grams (0: off, as DeCap)"
+    )
     p.add_argument("--max_eval_images", type=int, default=500, help="held-out products captioned (one image each)")
     p.add_argument("--val_products", type=float, default=0.1)
     p.add_argument("--test_products", type=float, default=0.15)
@@ -174,6 +177,7 @@ def main(argv=None):
             num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens,
             progress=True,
+            **({"no_repeat_ngram_size": args.no_repeat_ngram_size} if args.no_repeat_ngram_size else {}),
         )
         references = [[text] for _, text, _ in rows]
         metrics = caption_metrics(captions, references)
