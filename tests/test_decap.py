@@ -17,6 +17,7 @@ from transformers import AutoModel, BertTokenizer, GPT2Config
 
 from syncmask_hf import FashionDeCapConfig, FashionDeCapForCaptioning
 from syncmask_hf.captioning import caption_images, train_decap
+from syncmask_hf.modeling_decap import CACHE_NAME
 
 WORDS = "red blue dress shirt cotton silk long short sleeve with pocket collar".split()
 TEXTS = [
@@ -165,8 +166,8 @@ def test_cached_step_by_step_logits_match_full_forward():
         out = model(
             input_ids=ids[:, t : t + 1],
             attention_mask=torch.ones(2, t + 1, dtype=torch.long),
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **{CACHE_NAME: getattr(out, CACHE_NAME)},
         )
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)

@@ -25,26 +25,25 @@ from torch import nn
 from transformers import GenerationMixin, GPT2LMHeadModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_decap import FashionDeCapConfig
 
+# transformers >= 5.24 names the decoder cache `cache` (outputs and forward arguments; `past_key_values` is kept as
+# a deprecated alias); earlier 5.x releases name it `past_key_values`. The captioner speaks whichever is installed.
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 @dataclass
-class FashionDeCapOutput(ModelOutput):
-    """Output of `FashionDeCapForCaptioning.forward`.
+class FashionDeCapOutput(CausalLMOutputWithPast):
+    """Output of `FashionDeCapForCaptioning.forward`: transformers' causal-LM output plus the prefix used.
 
     loss: next-token cross-entropy over text tokens (when `labels` are given or `return_loss=True`).
     logits: (B, L, vocab) scores at the text positions only (the prefix positions are dropped).
-    past_key_values: the decoder cache (covers prefix + text).
+    cache / past_key_values (by the installed transformers' name, `CACHE_NAME`): the decoder cache (prefix + text).
     prefix_embeds: (B, prefix_dim) the normalised embedding that conditioned this call (None on cached steps).
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     prefix_embeds: torch.FloatTensor | None = None
 
 
@@ -55,7 +54,7 @@ class FashionDeCapPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["GPT2Block"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
 
     @torch.no_grad()
@@ -182,6 +181,7 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
         prefix_embeds: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -202,12 +202,15 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
         position_ids (`(B, L)`): text-local positions (0 = first text token); the prefix occupies positions
             0..P-1 of the decoder, so text position t is fed to the decoder as P + t.
         return_loss (`bool`): when `labels` is None, use `input_ids` with padding (attention_mask == 0) ignored.
+        cache / past_key_values: the decoder cache of earlier steps (either name, whichever transformers passes).
         """
+        if cache is None:
+            cache = past_key_values
         if input_ids is None:
             raise ValueError("input_ids are required (start generation/training texts with the BOS token).")
         batch_size, length = input_ids.shape
         prefix_length = self.config.prefix_length
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         first_call = past_length == 0
 
         token_embeds = self.decoder.transformer.wte(input_ids)
@@ -243,11 +246,11 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            **{CACHE_NAME: cache},
         )
         text_hidden = outputs.last_hidden_state[:, -length:]
         if logits_to_keep:
@@ -270,10 +273,10 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
         return FashionDeCapOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             prefix_embeds=used_prefix,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
     # ----------------------------------------------------------------------------------------------- generation
