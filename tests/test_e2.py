@@ -113,6 +113,22 @@ def test_from_clip_keeps_every_clip_weight(clip_dir):
     assert not torch.equal(random.visual_projection.weight, clip.visual_projection.weight)
 
 
+def test_new_parts_start_from_the_authors_init(clip_dir):
+    """Fusion-block projections, entity-head projections and selection tokens start from N(0, width^-0.5), both
+    for a model built from its config and for `from_clip` (transformers skips parameter-less modules, so the
+    model initialises them itself)."""
+    width = VISION["hidden_size"]
+    torch.manual_seed(0)
+    built = E2Model(E2Config.from_clip_config(tiny_clip().config, projection_init="random"))
+    for model in (built, E2Model.from_clip(clip_dir, projection_init="random")):
+        weights = [p for blk in model.fusion_blocks for p in (blk.q_proj.weight, blk.k_proj.weight, blk.v_proj.weight)]
+        weights += [head.projection.weight for head in model.entity_heads.values()]
+        weights.append(model.selection_tokens)
+        std = torch.cat([w.detach().flatten() for w in weights]).std().item()
+        assert std == pytest.approx(width**-0.5, rel=0.1), std
+        assert all(torch.equal(head.layernorm.weight, torch.ones(width)) for head in model.entity_heads.values())
+
+
 def test_new_parts_off_equals_clip(clip_dir):
     clip = CLIPModel.from_pretrained(clip_dir).eval()
     model = E2Model.from_clip(clip_dir, use_selection_tokens=False).eval()

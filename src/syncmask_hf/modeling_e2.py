@@ -196,14 +196,17 @@ class E2PreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         factor = self.config.initializer_factor
         width = self.config.vision_config.hidden_size
-        if isinstance(module, E2FusionBlock):  # the authors' init: N(0, width^-0.5)
-            for proj in (module.q_proj, module.k_proj, module.v_proj):
-                init.normal_(proj.weight, std=width**-0.5 * factor)
-        elif isinstance(module, E2EntityHead):
-            init.ones_(module.layernorm.weight)
-            init.zeros_(module.layernorm.bias)
-            init.normal_(module.projection.weight, std=width**-0.5 * factor)
-        elif isinstance(module, E2Model):
+        if isinstance(module, E2Model):
+            # E2's new parts are initialised here, from the model: transformers skips modules without parameters of
+            # their own (E2FusionBlock, E2EntityHead), and their Linear children would otherwise get N(0, 1).
+            # The authors' init: N(0, width^-0.5).
+            for block in module.fusion_blocks:
+                for proj in (block.q_proj, block.k_proj, block.v_proj):
+                    init.normal_(proj.weight, std=width**-0.5 * factor)
+            for head in (module.entity_heads or {}).values():
+                init.ones_(head.layernorm.weight)
+                init.zeros_(head.layernorm.bias)
+                init.normal_(head.projection.weight, std=width**-0.5 * factor)
             if module.selection_tokens is not None:  # like CLIP's class embedding
                 init.normal_(module.selection_tokens, std=width**-0.5 * factor)
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
