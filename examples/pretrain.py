@@ -30,6 +30,7 @@ from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
     ProjectConfiguration,
+    broadcast,
     set_seed,
 )
 from tqdm.auto import tqdm
@@ -42,10 +43,12 @@ from syncmask_hf.pretrained import resolve_pretrained
 from syncmask_hf.training import (
     DEFAULT_CONFIGS,
     MODEL_SPECS,
+    BudgetHorizon,
     Progress,
     TrainingBuffers,
     adopt_text_checkpoint,
     build_processor,
+    cosine_with_budget,
     cosine_with_warmup,
     find_checkpoint,
     load_catalog_splits,
@@ -98,7 +101,8 @@ def parse_args(argv=None):
         "--max_train_minutes",
         type=float,
         default=None,
-        help="stop after this much training time (then evaluate and save)",
+        help="stop after this much training time, over resumes too (then evaluate and save); without --max_steps "
+        "/ --num_epochs the LR schedule is sized to fit it from the speed of the first steps",
     )
     p.add_argument("--batch_size", type=int, default=32, help="per-process batch size")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
@@ -271,8 +275,17 @@ def main(argv=None):
 
     sampler0 = build_batch_sampler(args, train, accelerator, 0)
     steps_per_epoch = math.ceil(len(sampler0) / args.gradient_accumulation_steps)
-    total_steps = args.max_steps or (args.num_epochs * steps_per_epoch if args.num_epochs else 200)
-    scheduler = cosine_with_warmup(optimizer, args.warmup_steps, total_steps, num_processes=accelerator.num_processes)
+    horizon = None
+    if args.max_train_minutes and not (args.max_steps or args.num_epochs):
+        # A time budget alone: the schedule's length is measured, not guessed (BudgetHorizon).
+        horizon = BudgetHorizon(60 * args.max_train_minutes, calibrate_steps=args.warmup_steps + 10)
+        total_steps = 10**9
+        scheduler = cosine_with_budget(optimizer, args.warmup_steps, horizon, accelerator.num_processes)
+    else:
+        total_steps = args.max_steps or (args.num_epochs * steps_per_epoch if args.num_epochs else 200)
+        scheduler = cosine_with_warmup(
+            optimizer, args.warmup_steps, total_steps, num_processes=accelerator.num_processes
+        )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_for_checkpointing(TrainingBuffers(accelerator.unwrap_model(model)))
     if hasattr(accelerator.unwrap_model(model), "task_sampler"):
@@ -291,22 +304,30 @@ def main(argv=None):
             )
         else:
             logger.info("no checkpoint yet: starting from scratch", main_process_only=True)
+    if horizon is not None and progress.horizon_steps:
+        horizon.total_steps = total_steps = progress.horizon_steps
     if report_to not in (None, "none"):
         accelerator.init_trackers(
             "pretrain", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
         )
 
     unwrapped = accelerator.unwrap_model(model)
-    stage2_step = max(1, total_steps // 5)
-    if e2_two_stage and args.e2_stage == "both" and progress.global_step >= stage2_step:
+
+    def stage2_step():  # E2's stage 2 starts after the first fifth of the steps (None: horizon not sized yet)
+        return max(1, total_steps // 5) if total_steps < 10**9 else None
+
+    in_stage2 = False
+    if e2_two_stage and args.e2_stage == "both" and stage2_step() and progress.global_step >= stage2_step():
         enter_e2_stage2(unwrapped, scheduler, scale_lr=False)  # resumed inside stage 2: the LR is in the checkpoint
+        in_stage2 = True
     bar = tqdm(
-        total=total_steps,
+        total=total_steps if total_steps < 10**9 else None,
         initial=progress.global_step,
         disable=not accelerator.is_local_main_process,
         desc=f"pretrain {args.model}",
     )
     started = time.monotonic()
+    seconds_before, steps_before = progress.train_seconds, progress.global_step
     done = progress.global_step >= total_steps
     while not done and progress.epoch < 10**6:
         sampler = build_batch_sampler(args, train, accelerator, progress.epoch)
@@ -341,8 +362,27 @@ def main(argv=None):
             progress.global_step += 1
             if hasattr(unwrapped, "update_teacher"):
                 unwrapped.update_teacher()  # one EMA step per optimizer step
-            if e2_two_stage and args.e2_stage == "both" and progress.global_step == stage2_step:
-                enter_e2_stage2(unwrapped, scheduler)
+            progress.train_seconds = seconds_before + time.monotonic() - started
+            if horizon is not None and not horizon.total_steps and progress.global_step >= horizon.calibrate_steps:
+                # Every rank takes the main process' measurement, so all run one schedule.
+                sized = horizon.calibrate(
+                    progress.global_step,
+                    progress.global_step - steps_before,
+                    time.monotonic() - started,
+                    seconds_before,
+                )
+                horizon.total_steps = total_steps = progress.horizon_steps = int(
+                    broadcast(torch.tensor([sized], device=accelerator.device)).item()
+                )
+                bar.total = total_steps
+                logger.info(
+                    f"LR schedule sized to the {args.max_train_minutes:g}-minute budget: {total_steps} steps",
+                    main_process_only=True,
+                )
+            if e2_two_stage and args.e2_stage == "both" and not in_stage2 and stage2_step():
+                if progress.global_step >= stage2_step():
+                    enter_e2_stage2(unwrapped, scheduler)
+                    in_stage2 = True
             logs = {
                 k: float(v.detach())
                 for k, v in outputs.items()
@@ -366,9 +406,7 @@ def main(argv=None):
                     main_process_only=True,
                 )
                 model.train()
-            if progress.global_step >= total_steps or (
-                args.max_train_minutes and time.monotonic() - started > 60 * args.max_train_minutes
-            ):
+            if progress.global_step >= total_steps or out_of_time(accelerator, args, progress):
                 done = True
                 break
         else:
@@ -376,7 +414,7 @@ def main(argv=None):
             progress.batches_in_epoch = 0
     bar.close()
     progress.skipped_items = int(getattr(collator, "num_skipped", 0))
-    train_minutes = (time.monotonic() - started) / 60
+    train_minutes = progress.train_seconds / 60
 
     final = Path(args.output_dir, "final")
     if accelerator.is_main_process:
@@ -419,6 +457,17 @@ def main(argv=None):
             print(f"pushed to {urls['model']}")
     accelerator.end_training()
     return results
+
+
+def out_of_time(accelerator, args, progress) -> bool:
+    """The time budget is spent (over all sessions of the run). The main process decides for all, so that no rank
+    stops while another waits for it in a collective."""
+    if not args.max_train_minutes:
+        return False
+    spent = progress.train_seconds > 60 * args.max_train_minutes
+    if accelerator.num_processes == 1:
+        return spent
+    return bool(broadcast(torch.tensor([int(spent)], device=accelerator.device)).item())
 
 
 def enter_e2_stage2(model, scheduler, scale_lr=True):

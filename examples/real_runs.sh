@@ -17,9 +17,10 @@ export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 
 COMMON=(--dataset "hm:$DATA/hm" --dataset "myntra:$DATA/myntra" --seed 42 --batch_size 32
         --max_train_minutes "$MINUTES" --checkpoint_every 100 --report_to none --resume_from_checkpoint latest)
-# The cosine schedule needs a horizon: the steps each run makes in the 10-minute budget on one core of this
-# machine (measured with two runs side by side), so every run ends its schedule when its budget ends.
-SYNC=(--model syncmask --config syncmask-small --max_steps 300)
+# --max_train_minutes alone: pretrain.py sizes each run's cosine schedule to the budget from the speed of its first
+# steps (measured with the two sides of a comparison running side by side), so every run ends its schedule when its
+# budget ends, on any machine.
+SYNC=(--model syncmask --config syncmask-small)
 E2=(--model e2 --config e2-tiny)
 FAE=(--model fashionfae --config fashionfae-tiny)
 CLIP_FT='{"use_selection_tokens": false, "use_fusion_blocks": false, "use_regional_loss": false, "global_loss_weight": 1.0}'
@@ -42,13 +43,17 @@ caption() {  # caption NAME: the captioner over the encoder of run NAME, evaluat
 run syncmask_sync_semihard "${SYNC[@]}" &
 run syncmask_random_semihard "${SYNC[@]}" --config_override '{"masking_strategy": "random"}' &
 wait
-run e2 "${E2[@]}" --max_steps 1400 &
-run e2_clip_ft "${E2[@]}" --max_steps 2600 --config_override "$CLIP_FT" &
+run e2 "${E2[@]}" &
+run e2_clip_ft "${E2[@]}" --config_override "$CLIP_FT" &
 wait
-run fashionfae_aetp_apir "${FAE[@]}" --max_steps 2700 &
-run fashionfae_plain_mlm_mim "${FAE[@]}" --max_steps 3800 --config_override '{"aetp": false, "apir": false}' &
+run fashionfae_aetp_apir "${FAE[@]}" &
+run fashionfae_plain_mlm_mim "${FAE[@]}" --config_override '{"aetp": false, "apir": false}' &
 wait
-run syncmask_sync_plain "${SYNC[@]}" --sampler random
+# The third SyncMask run goes side by side with SyncMask on the offline MiniLM text tower (pretrained text, vision
+# from scratch; ALBEF's 1e-4), so it shares the machine as the first two did.
+run syncmask_sync_plain "${SYNC[@]}" --sampler random &
+run syncmask_minilm_text "${SYNC[@]}" --text_pretrained minilm &
+wait
 caption e2 &
 caption e2_clip_ft &
 wait
