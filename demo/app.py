@@ -130,8 +130,9 @@ def parse_args(argv=None):
     p.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="captioner folder or Hub id (optional)")
     p.add_argument("--cache_dir", default=os.environ.get("INDEX_CACHE"), help="where gallery embeddings are cached")
     p.add_argument("--max_items", type=int, default=None)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    # Spaces set GRADIO_SERVER_NAME=0.0.0.0 (and the port); elsewhere the app stays on loopback unless asked.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     return p.parse_args(argv)
 
 

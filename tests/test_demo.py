@@ -71,6 +71,37 @@ def test_index_is_cached_on_disk(engine, tmp_path):
     assert (again.image_embeds == engine.image_embeds).all()
 
 
+def test_index_is_rebuilt_when_the_catalogue_or_the_model_changes(engine, tmp_path):
+    import json
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    rows = []
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]):
+        Image.new("RGB", (40, 40), colour).save(catalog / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": f"plain dress number {i}", "product_id": f"p{i}"})
+
+    def write(rows):
+        (catalog / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(rows)
+    model = tmp_path / "model"
+    shutil.copytree(engine.model_path, model)
+    cache = tmp_path / "cache"
+    first = CatalogSearch(model, f"folder:{catalog}", cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+    CatalogSearch(model, f"folder:{catalog}", cache_dir=cache)  # unchanged: reused
+    assert len(list(cache.glob("*.npz"))) == 1
+    write([{**rows[0], "text": "striped red dress"}, *rows[1:]])  # the catalogue is edited
+    edited = CatalogSearch(model, f"folder:{catalog}", cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2 and edited.texts[0] == "striped red dress"
+    assert not (edited.text_embeds == first.text_embeds).all()
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained in place
+    CatalogSearch(model, f"folder:{catalog}", cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 3
+
+
 def test_text_search_endpoint(client):
     results = client.predict("red dress", api_name="/text_search")
     assert len(results) == 12
@@ -94,6 +125,41 @@ def test_describe_endpoint(client, photo, engine):
     assert caption.startswith("(closest catalogue text)") and len(caption) > 30
     assert set(attributes) >= {"category", "color"}
     assert overlay is None  # a SyncMask model has no selection tokens
+
+
+def test_e2_describe_draws_the_picked_patches_inside_the_region_the_model_saw(tmp_path):
+    """An E2 checkpoint (the main job's model) through the app's describe endpoint: its processor resizes the short
+    side and centre-crops, so on a 300 x 200 photo the patch boxes lie in the central 200 x 200 square."""
+    from syncmask_hf.search import ENTITY_COLOURS, model_view_box
+
+    e2 = CatalogSearch(save_tiny_model("e2", tmp_path / "e2"), "synthetic:24", cache_dir=tmp_path / "cache")
+    assert model_view_box((300, 200), e2.processor.image_processor) == (50.0, 0.0, 200.0, 200.0)
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (300, 200), (128, 128, 128)).save(photo)
+    demo = build_demo(e2)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(e2.cache_dir)])  # fmt: skip
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        _, _, overlay, legend = client.predict(gradio_client.handle_file(str(photo)), api_name="/describe")
+    finally:
+        demo.close()
+    picture = Image.open(overlay).convert("RGB")
+    assert picture.size == (300, 200)
+    assert set(legend["value"] if isinstance(legend, dict) and "value" in legend else legend) == set(
+        e2.model.config.entities
+    )
+    colours = {tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in ENTITY_COLOURS}
+
+    def coloured_columns(x0, x1):
+        return sum(1 for x in range(x0, x1) for y in range(200) if _near(picture.getpixel((x, y)), colours))
+
+    assert coloured_columns(50, 250) > 0 and coloured_columns(0, 48) == 0 and coloured_columns(252, 300) == 0
+
+
+def _near(pixel, colours, tol=40):
+    return any(sum(abs(a - b) for a, b in zip(pixel, c)) < tol for c in colours)
 
 
 @pytest.mark.parametrize(

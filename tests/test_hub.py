@@ -196,7 +196,7 @@ def test_space_repo_has_app_and_spaces_header(hub, published):
     space = hub.repo(SPACE_REPO, "space")
     assert space.sdk == "gradio"
     assert space.variables == {"MODEL_ID": MODEL_REPO}
-    assert {"app.py", "requirements.txt", "README.md"} <= set(space.files())
+    assert {"app.py", "requirements.txt", "README.md", "syncmask_hf/search.py"} <= set(space.files())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         info = HfApi(endpoint=hub.url, token=TOKEN).space_info(SPACE_REPO)
@@ -355,3 +355,80 @@ def test_pretrain_push_to_hub_publishes_the_final_folder(hub, tmp_path):
     assert files["model.safetensors"] == (tmp_path / "run" / "final" / "model.safetensors").read_bytes()
     card = files["README.md"].decode()
     assert "i2t_R@1" in card and "synthetic" in card
+    # Downloaded back and loaded by remote code where the package cannot be imported: the same features.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        downloaded = snapshot_download(repo_id, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "cache")
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    local = AutoModel.from_pretrained(tmp_path / "run" / "final").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "run" / "final")
+    inputs = processor(images=[Image.new("RGB", (80, 60), (200, 30, 30))], text=["a red dress"], return_tensors="pt")
+    with torch.no_grad():
+        reference = {
+            "pixel_values": inputs["pixel_values"],
+            "input_ids": inputs["input_ids"],
+            "attention_mask": inputs["attention_mask"],
+            "image": local.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output,
+            "text": local.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output,
+        }
+    torch.save(reference, tmp_path / "reference.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["syncmask_hf"] = None  # importing it would raise
+        sys.path = [p for p in sys.path if p not in ("", ".") and "syncmask" not in p]
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(downloaded)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        ref = torch.load({str(tmp_path / "reference.pt")!r})
+        with torch.no_grad():
+            image = model.get_image_features(pixel_values=ref["pixel_values"]).pooler_output
+            text = model.get_text_features(ref["input_ids"], ref["attention_mask"]).pooler_output
+        torch.testing.assert_close(image, ref["image"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(text, ref["text"], rtol=0, atol=1e-6)
+        print("FRESH-PROCESS-OK")
+        """
+    )
+    env = _online_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home_fresh"))
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and "FRESH-PROCESS-OK" in done.stdout, f"{done.stdout}\n{done.stderr}"
+
+
+def test_real_demo_space_runs_from_its_own_files(hub, tmp_path):
+    """The repository's demo/ pushed as a Space carries the package source beside app.py: a fresh process in the
+    downloaded Space imports the app and syncmask_hf from the Space's own files, and listens where Spaces say."""
+    from syncmask_hf.hub import push_demo_space
+
+    space_id = "tester/real-demo"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        url = push_demo_space(REPO_ROOT / "demo", space_id, model_repo=MODEL_REPO, token=TOKEN, endpoint=hub.url)
+        space = snapshot_download(space_id, repo_type="space", endpoint=hub.url, token=TOKEN, cache_dir=tmp_path)
+    assert url.endswith(space_id)
+    files = set(hub.repo(space_id, "space").files())
+    assert {"app.py", "requirements.txt", "README.md", "syncmask_hf/__init__.py", "syncmask_hf/search.py"} <= files
+    assert not any("__pycache__" in f for f in files)
+    script = textwrap.dedent(
+        """
+        import os, sys
+        sys.path = [p for p in sys.path if "syncmask" not in p and not p.endswith("src")]
+        sys.path.insert(0, os.getcwd())  # as `python app.py` does
+        import app, syncmask_hf
+        assert syncmask_hf.__file__.startswith(os.getcwd()), syncmask_hf.__file__
+        args = app.parse_args([])
+        print("SPACE-OK", args.host, args.port, args.model)
+        """
+    )
+    env = _online_env(HF_HUB_OFFLINE="1", SYNCMASK_DEMO_NO_AUTOLOAD="1", GRADIO_SERVER_NAME="0.0.0.0",
+                      GRADIO_SERVER_PORT="7861", MODEL_ID=MODEL_REPO)  # fmt: skip
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=space)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"SPACE-OK 0.0.0.0 7861 {MODEL_REPO}" in done.stdout
+    assert hub.unexpected == []

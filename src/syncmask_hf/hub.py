@@ -450,8 +450,12 @@ def push_demo_space(
     endpoint: str | None = None,
     private: bool = False,
     commit_message: str = "Upload demo with syncmask_hf",
+    bundle_package: bool = True,
 ) -> str:
     """Create a Gradio Space `space_id` and upload `demo_dir` (app.py, requirements.txt, README.md); return its URL.
+
+    With `bundle_package` (default) the `syncmask_hf` source goes beside app.py as `syncmask_hf/`, so the app's
+    imports resolve on the Space; `requirements.txt` lists only the package's dependencies.
 
     The Space is told which model to serve twice: the Space variable `MODEL_ID` (the app reads it from the
     environment) and `models: [model_repo]` in the README metadata (so the Hub links the Space and the model).
@@ -465,7 +469,12 @@ def push_demo_space(
     url = api.create_repo(space_id, repo_type="space", space_sdk=sdk, private=private, exist_ok=True)
     api.add_space_variable(url.repo_id, "MODEL_ID", model_repo)
     with tempfile.TemporaryDirectory() as staging:
-        shutil.copytree(demo_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(demo_dir, staging, dirs_exist_ok=True, ignore=ignore)
+        if bundle_package:
+            # A Space runs `python app.py` with the app's folder first on sys.path: this package's source beside
+            # app.py is what `from syncmask_hf.search import ...` finds there (it is not on PyPI).
+            shutil.copytree(Path(__file__).resolve().parent, Path(staging) / "syncmask_hf", ignore=ignore)
         card.save(Path(staging) / "README.md")
         api.upload_folder(folder_path=staging, repo_id=url.repo_id, repo_type="space", commit_message=commit_message)
     return str(url)

@@ -88,16 +88,26 @@ class Hit:
         return f"{self.score:.3f} · {self.product_id} · {self.text[:120]}"
 
 
-def _fingerprint(model_path: str, catalog_key: str) -> str:
+def _fingerprint(model_path: str, catalog_key: str, revision: str | None = None) -> str:
+    """Cache key of a gallery: the catalogue (its source and content, see `CatalogSearch`), and the model: for a
+    folder its weights, config and processor files (size + mtime), for a Hub id the commit it resolved to, so a new
+    push or a retrained folder is re-indexed."""
     h = hashlib.sha256(catalog_key.encode())
     folder = Path(model_path)
     if folder.is_dir():
-        for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
-            if f.exists():
-                st = f.stat()
-                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.json")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     else:
-        h.update(model_path.encode())
+        h.update(f"{model_path}@{revision or ''}".encode())
+    return h.hexdigest()[:16]
+
+
+def _catalog_digest(texts: list[str], product_ids: list[str]) -> str:
+    """Digest of what the gallery shows (texts and products, in order): an edited catalogue is re-indexed."""
+    h = hashlib.sha256()
+    for text, product in zip(texts, product_ids):
+        h.update(f"{product}\x1f{text}\x1e".encode())
     return h.hexdigest()[:16]
 
 
@@ -132,7 +142,7 @@ class CatalogSearch:
         self.product_ids = list(catalog["product_id"])
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "syncmask_hf" / "search")
         self.batch_size = batch_size
-        self._build_index(catalog_key)
+        self._build_index(f"{catalog_key}#{len(catalog)}:{_catalog_digest(self.texts, self.product_ids)}")
         self.captioner = None
         if captioner:
             self.captioner = AutoModel.from_pretrained(str(captioner), trust_remote_code=True).to(self.device).eval()
@@ -158,7 +168,7 @@ class CatalogSearch:
 
         from .evaluation import EmbeddingIndex
 
-        key = _fingerprint(self.model_path, catalog_key)
+        key = _fingerprint(self.model_path, catalog_key, getattr(self.model.config, "_commit_hash", None))
         self.image_dir = self.cache_dir / f"{key}-images"
         cache = self.cache_dir / f"{key}.npz"
         if cache.is_file():
@@ -259,7 +269,8 @@ class CatalogSearch:
         picked = getattr(out, "selected_patches", None)
         if picked is None:  # the selection tokens or fusion blocks are switched off in this checkpoint
             return None
-        return draw_selected_patches(picture, picked[0].cpu(), self.model.config)
+        box = model_view_box(picture.size, getattr(self.processor, "image_processor", None))
+        return draw_selected_patches(picture, picked[0].cpu(), self.model.config, box)
 
     def image(self, index: int) -> Image.Image:
         return open_image(self.catalog[int(index)]["image"], f"catalogue item {index}")
@@ -288,17 +299,40 @@ def _unique_texts(hits: list[Hit], k: int) -> list[Hit]:
 ENTITY_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0"]
 
 
+def model_view_box(size: tuple[int, int], image_processor) -> tuple[float, float, float, float]:
+    """(left, top, width, height) of the part of an image of `size` (width, height) that the model sees after the
+    image processor's resize and centre crop, in the image's own pixels (the whole image without a crop)."""
+    width, height = size
+    if image_processor is None or not getattr(image_processor, "do_center_crop", False):
+        return 0.0, 0.0, float(width), float(height)
+    target = dict(getattr(image_processor, "size", None) or {})
+    if getattr(image_processor, "do_resize", True) and "shortest_edge" in target:
+        scale_x = scale_y = target["shortest_edge"] / min(width, height)
+    elif getattr(image_processor, "do_resize", True) and {"height", "width"} <= set(target):
+        scale_x, scale_y = target["width"] / width, target["height"] / height
+    else:
+        scale_x = scale_y = 1.0
+    crop = dict(getattr(image_processor, "crop_size", None) or {})
+    crop_w = min(crop.get("width", width * scale_x), width * scale_x)
+    crop_h = min(crop.get("height", height * scale_y), height * scale_y)
+    left = (width * scale_x - crop_w) / 2 / scale_x
+    top = (height * scale_y - crop_h) / 2 / scale_y
+    return left, top, crop_w / scale_x, crop_h / scale_y
+
+
 def draw_selected_patches(
-    picture: Image.Image, picked: torch.Tensor, config
+    picture: Image.Image, picked: torch.Tensor, config, box: tuple[float, float, float, float] | None = None
 ) -> tuple[Image.Image, dict[str, list[int]]]:
-    """Draw each selection token's picked patch (last fusion block) as a box coloured by entity."""
+    """Draw each selection token's picked patch (last fusion block) as a box coloured by entity. `box` is the region
+    of `picture` the model saw (`model_view_box`; default the whole picture), over which the patch grid lies."""
     vision = config.vision_config
     grid = vision.image_size // vision.patch_size
     entities = list(config.entities)
     per_entity = int(config.tokens_per_entity)
     shown = picture.copy()
     draw = ImageDraw.Draw(shown)
-    cell_w, cell_h = shown.width / grid, shown.height / grid
+    left, top, view_w, view_h = box or (0.0, 0.0, float(shown.width), float(shown.height))
+    cell_w, cell_h = view_w / grid, view_h / grid
     legend: dict[str, list[int]] = {}
     last = picked[..., -1] if picked.dim() == 2 else picked
     for token, patch in enumerate(last.tolist()):
@@ -306,7 +340,7 @@ def draw_selected_patches(
         row, col = divmod(int(patch), grid)
         colour = ENTITY_COLOURS[(token // per_entity) % len(ENTITY_COLOURS)]
         draw.rectangle(
-            [col * cell_w, row * cell_h, (col + 1) * cell_w - 1, (row + 1) * cell_h - 1],
+            [left + col * cell_w, top + row * cell_h, left + (col + 1) * cell_w - 1, top + (row + 1) * cell_h - 1],
             outline=colour,
             width=max(2, shown.width // 100),
         )
