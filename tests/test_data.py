@@ -119,6 +119,36 @@ def test_fashiongen_missing_key_names_key_and_file(tmp_path, key):
     assert set(FASHIONGEN_KEYS) >= {key}
 
 
+def test_fashiongen_missing_key_message_lists_the_keys_found(tmp_path):
+    path = _write_fashiongen(str(tmp_path / "broken.h5"), drop="input_brand")
+    with pytest.raises(BadItemError, match=r"input_brand.*missing") as err:
+        load_catalog(f"fashiongen:{path}")
+    assert "found []" not in str(err.value) and "input_description" in str(err.value)
+
+
+def test_fashiongen_row_count_mismatch_is_a_bad_item_error(tmp_path):
+    path = _write_fashiongen(str(tmp_path / "short.h5"))
+    with h5py.File(path, "a") as f:
+        del f["input_season"]
+        f.create_dataset("input_season", data=np.array([[b"FW17"]] * 3, dtype="S64"))
+    with pytest.raises(BadItemError, match=r"short.h5.*input_season.*3 rows.*input_image has 5"):
+        load_catalog(f"fashiongen:{path}")
+
+
+def test_fashiongen_file_without_unused_keys_loads(tmp_path):
+    """``input_pose`` (and ``input_name`` for the default text field) are not read, so not required."""
+    path = _write_fashiongen(str(tmp_path / "nopose.h5"), drop="input_pose")
+    assert "input_pose" not in FASHIONGEN_KEYS
+    ds = load_catalog(f"fashiongen:{path}", streaming=True)
+    assert [r["product_id"] for r in ds] == ["101"] * 3 + ["202"] * 2
+    with pytest.raises(BadItemError, match="input_name.*missing"):
+        load_catalog(
+            f"fashiongen:{_write_fashiongen(str(tmp_path / 'noname.h5'), drop='input_name')}",
+            streaming=True,
+            text_field="name+description",
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------- H&M
 HM_HEADER = (
     "article_id,product_code,prod_name,product_type_name,product_group_name,colour_group_name,"
@@ -201,6 +231,18 @@ def test_hm_unreadable_row(tmp_path):
     assert ds.num_rows == 3 and report.counts["bad_row"] == 1
 
 
+def test_hm_row_with_too_few_fields_is_a_bad_row(tmp_path):
+    root = _hm_fixture(str(tmp_path / "hm"))
+    _jpg(os.path.join(root, "images", "012", "0120000001.jpg"))  # the image exists: only the row is broken
+    with open(os.path.join(root, "articles.csv"), "a") as f:
+        f.write("0120000001,0120000\n")
+    with pytest.raises(BadItemError, match=r"line 5 \(article_id=0120000001\).*expected 9 fields, found 2"):
+        load_catalog(f"hm:{root}")
+    ds, report = load_catalog(f"hm:{root}", skip_bad=True, return_report=True)
+    assert ds.num_rows == 3 and report.counts["bad_row"] == 1 and report.rows_read == 4
+    assert "0120000001" not in ds["item_id"]
+
+
 # ------------------------------------------------------------------------------------------------------- Myntra
 MYNTRA_HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
 
@@ -251,6 +293,21 @@ def test_myntra_brand_rule():
     assert myntra_brand("Proline Navy Striped Sweater", "Blue") == "Proline"
 
 
+def test_myntra_missing_image_error_and_counted_skip(tmp_path):
+    root = str(tmp_path / "myntra")
+    rows = [
+        "15970,Men,Apparel,Topwear,Shirts,Navy Blue,Fall,2011,Casual,Turtle Check Men Navy Blue Shirt",
+        "39386,Women,Footwear,Shoes,Heels,Red,Summer,2012,Casual,Catwalk Women Red Heels",
+    ]
+    _jpg(os.path.join(root, "images", "15970.jpg"))  # 39386.jpg is missing
+    with open(os.path.join(root, "styles.csv"), "w") as f:
+        f.write(MYNTRA_HEADER + "".join(r + "\n" for r in rows))
+    with pytest.raises(BadItemError, match=r"line 3 \(id=39386\).*39386.jpg does not exist.*skip_bad=True"):
+        load_catalog(f"myntra:{root}")
+    ds, report = load_catalog(f"myntra:{root}", skip_bad=True, return_report=True)
+    assert ds["item_id"] == ["15970"] and report.counts["missing_image"] == 1 and report.rows_read == 2
+
+
 # ------------------------------------------------------------------------------------------ folder, hub, errors
 def _folder_fixture(root, bad_line=False):
     os.makedirs(root, exist_ok=True)
@@ -288,6 +345,61 @@ def test_folder_unreadable_line(tmp_path):
         load_catalog(f"folder:{root}", columns={"text": "caption"})
     ds, report = load_catalog(f"folder:{root}", columns={"text": "caption"}, skip_bad=True, return_report=True)
     assert ds.num_rows == 3 and report.counts["bad_row"] == 1
+
+
+def test_folder_csv_missing_image_error_and_counted_skip(tmp_path):
+    root = str(tmp_path / "shop")
+    _jpg(os.path.join(root, "a.jpg"))  # b.jpg is missing
+    with open(os.path.join(root, "metadata.csv"), "w") as f:
+        f.write("file_name,text,product_id\na.jpg,red dress,P1\nb.jpg,blue shirt,P2\n")
+    with pytest.raises(BadItemError, match=r"metadata.csv line 3 \(b.jpg\).*does not exist.*skip_bad=True"):
+        load_catalog(f"folder:{root}")
+    ds, report = load_catalog(f"folder:{root}", skip_bad=True, return_report=True)
+    assert ds["item_id"] == ["a.jpg"] and report.counts["missing_image"] == 1 and report.rows_read == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "name"),
+    [
+        ("hm", {"verify_imags": True}, "verify_imags"),
+        ("myntra", {"text_field": "description"}, "text_field"),
+        ("folder", {"skipbad": True}, "skipbad"),
+        ("hm", {"columns": {"text": "prod_name"}}, "columns"),
+        ("myntra", {"columns": {"text": "productDisplayName"}}, "columns"),
+        ("fashiongen", {"columns": {"text": "input_name"}}, "columns"),
+        ("fashiongen", {"chunksize": 4}, "chunksize"),
+        ("synthetic", {"columns": {"text": "x"}}, "columns"),
+        ("synthetic", {"num_item": 4}, "num_item"),
+    ],
+)
+def test_load_catalog_rejects_unknown_or_unsupported_keywords(tmp_path, kind, kwargs, name):
+    source = "synthetic:4" if kind == "synthetic" else f"{kind}:{tmp_path}"  # checked before any file is read
+    with pytest.raises((TypeError, ValueError), match=rf"(?s){name}.*{kind}.*accept") as err:
+        load_catalog(source, **kwargs)
+    assert not isinstance(err.value, (FileNotFoundError, BadItemError))
+
+
+def test_hub_class_label_columns_become_label_names(tmp_path):
+    """A ClassLabel column maps to its label names, not its integer codes."""
+    png = tmp_path / "x.png"
+    Image.new("RGB", (8, 8), (0, 120, 0)).save(png)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["dress", "shirt"]),
+            "sex": datasets.ClassLabel(names=["men", "women"]),
+        }
+    )
+    parquet = str(tmp_path / "train.parquet")
+    datasets.Dataset.from_dict(
+        {"image": [str(png)] * 3, "caption": ["a", "b", "c"], "label": [1, 0, -1], "sex": [1, 0, 0]},
+        features=features,
+    ).to_parquet(parquet)
+    columns = {"text": "caption", "category": "label", "gender": "sex"}
+    ds = load_catalog("hub:parquet", columns=columns, data_files=parquet, cache_dir=str(tmp_path / "c"))
+    _check_schema(ds)
+    assert ds["category"] == ["shirt", "dress", ""] and ds["gender"] == ["women", "men", "men"]
 
 
 def test_hub_source_uses_load_dataset(tmp_path):
@@ -332,6 +444,10 @@ def test_synthetic_spec_and_determinism():
     }
     with pytest.raises(ValueError, match="unknown option"):
         parse_synthetic_spec("10?colour=red")
+    for spec, option in (("100?seed=abc", "seed"), ("100?size=1.5", "size"), ("100?views=", "views")):
+        with pytest.raises(ValueError, match=rf"option {option!r}.*integer") as err:
+            load_catalog(f"synthetic:{spec}")
+        assert "invalid literal" not in str(err.value)
     a = load_catalog("synthetic:120?seed=3&size=48")
     b = load_catalog("synthetic", num_items=120, seed=3, image_size=48)
     c = load_catalog("synthetic:120?seed=4&size=48")
@@ -465,6 +581,36 @@ def test_fashioniq_triplets_and_missing_images(tmp_path):
     assert gallery["image_id"] == ["B1", "B2", "B3"]
     with pytest.raises(ValueError, match="category must be one of"):
         load_fashioniq(root, "shoes", "val")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"candidate": "B5", "target": "B6", "captions": []},
+        {"candidate": "B5", "target": "B6", "captions": ["only one"]},
+        {"candidate": "B5", "target": "B6", "captions": ["a", "b", "c"]},
+        {"candidate": "B5", "target": "B6", "captions": ["is red", 3]},
+        {"candidate": "B5", "target": "B6", "captions": [None, "is red"]},
+        {"candidate": "B5", "captions": ["is red", "is long"]},  # a val triplet without target
+        {"candidate": "B5", "target": "", "captions": ["is red", "is long"]},
+    ],
+)
+def test_fashioniq_malformed_triplet(tmp_path, bad):
+    root = str(tmp_path / "fiq")
+    _fiq_fixture(root)
+    path = os.path.join(root, "captions", "cap.dress.val.json")
+    with open(path) as f:
+        triplets = json.load(f)
+    with open(path, "w") as f:
+        json.dump(triplets + [bad], f)
+    with pytest.raises(BadItemError, match=r"cap.dress.val.json triplet 2.*skip_bad=True"):
+        load_fashioniq(root, "dress", "val")
+    ds, report = load_fashioniq(root, "dress", "val", skip_bad=True, return_report=True)
+    assert ds.num_rows == 2 and report.counts["bad_row"] == 1
+    # the test split has no targets: a test triplet without one is fine
+    with open(os.path.join(root, "captions", "cap.dress.test.json"), "w") as f:
+        json.dump([{"candidate": "B1", "captions": ["is longer", "is darker"]}], f)
+    assert load_fashioniq(root, "dress", "test")["target"] == [""]
 
 
 # ----------------------------------------------------------------------------------- real data (../shared/data)

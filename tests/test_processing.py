@@ -126,6 +126,20 @@ def test_image_sources_agree(processor, tmp_path):
     torch.testing.assert_close(out, out[:1].expand_as(out))
 
 
+@pytest.mark.parametrize("channels", [4, 2])
+def test_alpha_arrays_are_composited_like_pil_images(channels):
+    """An RGBA / LA array gives the same pixels as the same image as PIL (transparency composited on white)."""
+    array = np.zeros((6, 8, channels), dtype=np.uint8)
+    array[..., 0] = 200  # red (RGBA) / grey (LA)
+    array[..., -1] = 255
+    array[:, :4, -1] = 0  # left half fully transparent
+    array[:3, 4:, -1] = 128  # top right half transparent
+    reference = np.asarray(load_image(Image.fromarray(array)))
+    assert (reference[:, :4] == 255).all()  # transparent: white, not the colour under it
+    for source in (array, array.transpose(2, 0, 1).astype(np.float32) / 255.0, torch.from_numpy(array.copy())):
+        np.testing.assert_array_equal(np.asarray(load_image(source)), reference)
+
+
 def test_exif_orientation_is_applied():
     image = Image.new("RGB", (30, 10), (0, 0, 0))
     exif = image.getexif()

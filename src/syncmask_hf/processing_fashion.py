@@ -94,14 +94,15 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:
-    """HxW, HxWxC or CxHxW (C in 1, 3, 4) arrays of uint8, uint16, bool, other ints or floats (0-1 or 0-255)."""
+    """HxW, HxWxC or CxHxW (C in 1, 2, 3, 4: L, LA, RGB, RGBA) arrays of uint8, uint16, bool, other ints or floats
+    (0-1 or 0-255). The alpha channel is kept (an LA / RGBA image); `_pil_to_rgb` composites it on white."""
     array = np.asarray(array)
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+    if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
         array = np.moveaxis(array, 0, -1)  # channels first (torch layout)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"an image array must be HxW, HxWxC or CxHxW with C in (1, 3, 4); got shape {array.shape}")
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
+        raise ValueError(f"an image array must be HxW, HxWxC or CxHxW with C in (1, 2, 3, 4); got shape {array.shape}")
     if array.size == 0:
         raise ValueError(f"the image array is empty (shape {array.shape})")
     if array.dtype == np.bool_:
@@ -189,7 +190,10 @@ def load_image(image: Any, index: int | None = None, item_id: Any = None) -> Ima
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().numpy()
         if isinstance(image, np.ndarray):
-            return _array_to_pil(image).convert("RGB")
+            # through `_pil_to_rgb`, so that an alpha channel is composited on white exactly like a PIL RGBA image
+            pil = _array_to_pil(image)
+            rgb = _pil_to_rgb(pil)
+            return rgb.copy() if rgb is pil else rgb  # never share memory with the caller's array
     except FashionInputError:
         raise
     except Exception as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from urllib.parse import parse_qs
 
 import datasets
@@ -15,7 +16,7 @@ from .kaggle import load_hm, load_myntra
 from .schema import CATALOG_COLUMNS, CATALOG_FEATURES, STRING_COLUMNS, BadItemError, LoadReport, empty_row
 from .synthetic import load_synthetic
 
-__all__ = ["KNOWN_SOURCES", "load_catalog", "load_folder", "load_hub", "parse_synthetic_spec"]
+__all__ = ["KNOWN_SOURCES", "SOURCE_KWARGS", "load_catalog", "load_folder", "load_hub", "parse_synthetic_spec"]
 
 #: source prefix -> what it expects (shown in the error for an unknown source)
 KNOWN_SOURCES = {
@@ -40,11 +41,54 @@ def parse_synthetic_spec(spec: str) -> dict:
             raise ValueError(f"synthetic:{spec}: the item count must be an integer, e.g. synthetic:2000?seed=0")
         out["num_items"] = int(count)
     names = {"seed": "seed", "size": "image_size", "image_size": "image_size", "views": "max_views"}
-    for key, values in parse_qs(query, strict_parsing=bool(query)).items():
+    try:
+        options = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as err:
+        raise ValueError(
+            f"synthetic:{spec}: cannot parse the options {query!r} ({err}); expected key=value pairs joined by &, "
+            f"e.g. synthetic:2000?seed=0&size=96&views=3"
+        ) from None
+    for key, values in options.items():
         if key not in names:
             raise ValueError(f"synthetic:{spec}: unknown option {key!r}; known: seed, size, views")
-        out[names[key]] = int(values[-1])
+        value = values[-1].strip()
+        if not re.fullmatch(r"[+-]?\d+", value):
+            raise ValueError(
+                f"synthetic:{spec}: option {key!r} must be an integer, got {value!r} "
+                f"(e.g. synthetic:2000?seed=0&size=96&views=3)"
+            )
+        out[names[key]] = int(value)
     return out
+
+
+#: keyword arguments each source kind accepts besides split, streaming, skip_bad, verify_images, return_report and
+#: cache_dir (None: any, they are passed on to ``datasets.load_dataset``).
+SOURCE_KWARGS: dict[str, tuple[str, ...] | None] = {
+    "hm": (),
+    "myntra": (),
+    "fashiongen": ("text_field", "chunk_size", "num_proc", "png_compress_level"),
+    "folder": ("columns",),
+    "hub": None,
+    "synthetic": ("num_items", "seed", "image_size", "max_views"),
+}
+
+
+def _check_kwargs(source: str, kind: str, kwargs: dict) -> None:
+    accepted = SOURCE_KWARGS[kind]
+    if accepted is None:
+        return
+    unknown = [name for name in kwargs if name not in accepted]
+    if unknown:
+        raise TypeError(
+            f"load_catalog({source!r}): unexpected keyword argument(s) {unknown} for a {kind!r} source; it accepts "
+            f"{list(accepted) or 'no others'} besides split, streaming, skip_bad, verify_images, return_report "
+            f"and cache_dir"
+            + (
+                "; columns= applies to folder and hub sources only (this source's mapping is fixed)"
+                if "columns" in unknown
+                else ""
+            )
+        )
 
 
 def _finish(ds, report: LoadReport, return_report: bool, streaming: bool):
@@ -85,6 +129,8 @@ def load_catalog(
     the `LoadReport` is returned too with ``return_report=True``). ``skip_bad`` concerns items (H&M, Myntra, folder
     rows and images); file-level faults (a FashionGen file lacking a key, a Hub dataset lacking the text column)
     always raise. H&M/Myntra/folder catalogues are split-less: use `product_disjoint_split`.
+    A keyword argument the source does not take (a typo, or ``columns`` for a source with a fixed mapping: H&M,
+    Myntra, FashionGen, synthetic) raises `TypeError` naming it and those accepted (see `SOURCE_KWARGS`).
 
     H&M, Myntra and folder datasets reference image files by path (nothing copied; decoding happens on access, and
     an undecodable file then fails with PIL's error naming the path -- ``verify_images=True`` checks every file at
@@ -99,6 +145,7 @@ def load_catalog(
         raise ValueError(f"unknown catalogue source {source!r} (kind {kind!r}); known sources:\n  {known}")
     if kind != "synthetic" and not location:
         raise ValueError(f"{source!r}: missing location; expected {KNOWN_SOURCES[kind]}")
+    _check_kwargs(source, kind, {**kwargs, **({"columns": columns} if columns else {})})
     report = LoadReport(source)
     if kind in ("hm", "myntra", "synthetic") and split not in (None, "train", "all"):
         raise ValueError(
@@ -159,12 +206,19 @@ def _read_metadata(path: str, report: LoadReport, skip_bad: bool):
                 yield line_no, rec
 
 
-def _map_record(rec: dict, columns: dict[str, str], source: str) -> dict:
+def _map_record(
+    rec: dict, columns: dict[str, str], source: str, class_labels: dict[str, datasets.ClassLabel] | None = None
+) -> dict:
+    """The schema's string columns of ``rec``; ``class_labels`` (column -> `datasets.ClassLabel`) turns integer
+    codes into label names (-1, the ``datasets`` code for "no label", becomes "")."""
     row = empty_row()
     for name in STRING_COLUMNS:
         col = columns.get(name, name)
         if col in rec:
             value = rec[col]
+            label = (class_labels or {}).get(col)
+            if label is not None and isinstance(value, int) and not isinstance(value, bool):
+                value = label.int2str(value) if 0 <= value < label.num_classes else ""
             row[name] = normalize_gender(clean(value)) if name == "gender" else clean(value)
     return row
 
@@ -252,6 +306,7 @@ def load_hub(
 
     ``columns`` maps schema names to the dataset's columns (``{"image": "img", "text": "caption"}``); schema
     columns the dataset lacks become "", product_id defaults to item_id and item_id to ``<split>-<row index>``.
+    `datasets.ClassLabel` columns give their label names (``features[col].int2str``), not the integer codes.
     Images stay undecoded during the mapping (no pixel work at load time). ``split`` defaults to "train".
     """
     columns = _check_columns(columns)
@@ -270,9 +325,10 @@ def load_hub(
     if features is not None and not isinstance(features.get(image_col), datasets.Image):
         raise BadItemError(f"{name}: column {image_col!r} is {features.get(image_col)}, not a datasets.Image feature")
     ds = ds.cast_column(image_col, datasets.Image(decode=False))
+    class_labels = {c: f for c, f in (features or {}).items() if isinstance(f, datasets.ClassLabel)}
 
     def to_schema(rec, idx):
-        row = _map_record(rec, columns, name)
+        row = _map_record(rec, columns, name, class_labels)
         row["item_id"] = row["item_id"] or f"{split}-{idx}"
         row["product_id"] = row["product_id"] or row["item_id"]
         row["image"] = rec[image_col]

@@ -13,7 +13,9 @@ from .schema import CATALOG_FEATURES, BadItemError, LoadReport, empty_row
 
 __all__ = ["FASHIONGEN_KEYS", "fashiongen_file", "load_fashiongen"]
 
-#: HDF5 datasets read by the loader (all must exist; ``input_name`` is needed only by ``text_field="name+description"``).
+#: HDF5 datasets read by the loader, so required (``input_name`` is needed too by ``text_field="name+description"``,
+#: ``input_concat_description`` by ``text_field="concat_description"``). Keys it does not read (``input_pose``,
+#: ``input_department``, ``input_msrpUSD``, ...) may be absent.
 FASHIONGEN_KEYS = (
     "input_image",
     "input_description",
@@ -24,7 +26,6 @@ FASHIONGEN_KEYS = (
     "input_season",
     "input_composition",
     "input_gender",
-    "input_pose",
 )
 _TEXT_FIELDS = ("description", "name+description", "concat_description")
 
@@ -59,24 +60,40 @@ def _open_checked(path: str, text_field: str):
             f"FashionGen file {path} not found: pass the .h5 file or the folder holding fashiongen_256_256_<split>.h5"
         )
     f = h5py.File(path, "r")
+    try:
+        needed = _needed_keys(text_field)
+        found = sorted(f.keys())  # read before any close: a closed file has no keys
+        for key in needed:
+            if key not in f:
+                raise BadItemError(
+                    f"{path}: HDF5 key '{key}' is missing (found {found}); this is not a fashiongen_256_256_*.h5 "
+                    f"file in the official schema, or it is truncated: re-download it"
+                )
+        rows = {key: (f[key].shape[0] if f[key].shape else None) for key in needed}
+        n = rows["input_image"]
+        if n is None:
+            raise BadItemError(f"{path}: HDF5 key 'input_image' is a scalar, expected N x H x W x 3 images")
+        bad = {key: r for key, r in rows.items() if r != n}
+        if bad:
+            key, r = next(iter(bad.items()))
+            raise BadItemError(
+                f"{path}: HDF5 key '{key}' has {'no rows (a scalar)' if r is None else f'{r} rows'} but input_image "
+                f"has {n} (row counts: {rows}); every key holds one entry per image: the file is truncated or "
+                f"was written incompletely, re-download it"
+            )
+    except BaseException:
+        f.close()
+        raise
+    return f, n
+
+
+def _needed_keys(text_field: str) -> list[str]:
     needed = list(FASHIONGEN_KEYS)
     if text_field == "name+description":
         needed.append("input_name")
     elif text_field == "concat_description":
         needed.append("input_concat_description")
-    for key in needed:
-        if key not in f:
-            f.close()
-            raise BadItemError(
-                f"{path}: HDF5 key '{key}' is missing (found {sorted(f.keys()) if f else []}); this is not a "
-                f"fashiongen_256_256_*.h5 file in the official schema, or it is truncated: re-download it"
-            )
-    n = f["input_image"].shape[0]
-    for key in needed:
-        if f[key].shape[0] != n:
-            f.close()
-            raise BadItemError(f"{path}: HDF5 key '{key}' has {f[key].shape[0]} rows but input_image has {n}")
-    return f, n
+    return needed
 
 
 def _generate(path: str, ranges: list, text_field: str, png_level: int, mtime: float):
@@ -91,11 +108,7 @@ def _generate(path: str, ranges: list, text_field: str, png_level: int, mtime: f
     try:
         for start, stop in ranges:
             images = f["input_image"][start:stop]
-            cols = {k: f[k][start:stop] for k in FASHIONGEN_KEYS if k != "input_image"}
-            if text_field == "name+description":
-                cols["input_name"] = f["input_name"][start:stop]
-            elif text_field == "concat_description":
-                cols["input_concat_description"] = f["input_concat_description"][start:stop]
+            cols = {k: f[k][start:stop] for k in _needed_keys(text_field) if k != "input_image"}
             for j in range(stop - start):
                 row_no = start + j
                 img = images[j]
@@ -154,7 +167,8 @@ def load_fashiongen(
     ``"concat_description"`` uses ``input_concat_description``), product_id = ``input_productID`` (the rows of one
     product -- its poses -- share it), item_id = ``<productID>_<row>``, category/subcategory/brand/season/
     composition from the keys of those names, gender normalised (MEN -> men). FashionGen has no colour field ("").
-    A missing key raises `BadItemError` naming the key and the file.
+    A missing key (of those read: `FASHIONGEN_KEYS`, plus the text field's) or keys with different row counts
+    raise `BadItemError` naming the key, the file and what was found.
     """
     if text_field not in _TEXT_FIELDS:
         raise ValueError(f"text_field must be one of {_TEXT_FIELDS}, got {text_field!r}")

@@ -74,7 +74,8 @@ def load_fashioniq(
     The Amazon images are not redistributed and many links are dead, so missing images are expected: each triplet
     whose candidate or target image is missing raises `BadItemError` (naming the id, the count and the fix) or, with
     ``skip_bad=True``, is skipped and counted in the `LoadReport` (logged; returned with ``return_report=True``).
-    A malformed triplet (no candidate, captions not two strings) is handled the same way.
+    A malformed triplet (not an object, no candidate, no target outside the test split, captions not a list of two
+    strings) raises `BadItemError` naming the file and the triplet's index, or is skipped and counted (``bad_row``).
     """
     s, cap_path, _ = _paths(root, category, split)
     report = LoadReport(f"fashioniq:{root}:{category}.{s}")
@@ -84,10 +85,18 @@ def load_fashioniq(
     for i, t in enumerate(triplets):
         report.rows_read += 1
         item = f"{cap_path} triplet {i}"
-        if not isinstance(t, dict) or not t.get("candidate") or not isinstance(t.get("captions"), list):
-            _bad(report, skip_bad, item, "bad_row", "expected {'candidate', 'target', 'captions': [str, str]}")
+        problem = _triplet_problem(t, needs_target=s != "test")
+        if problem:
+            _bad(
+                report,
+                skip_bad,
+                item,
+                "bad_row",
+                f"{problem}; expected {{'candidate': id, 'target': id, 'captions': [str, str]}} (no target in the "
+                f"test split): fix or remove that entry, or re-download the FashionIQ annotations",
+            )
             continue
-        caps = [str(c).strip() for c in t["captions"]]
+        caps = [c.strip() for c in t["captions"]]
         row = {
             "candidate": str(t["candidate"]),
             "target": str(t.get("target") or ""),
@@ -120,6 +129,20 @@ def load_fashioniq(
         features["target_image"] = datasets.Image()
     ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
     return (ds, report) if return_report else ds
+
+
+def _triplet_problem(t, needs_target: bool) -> str | None:
+    """What is wrong with one caption-file entry, or None."""
+    if not isinstance(t, dict):
+        return f"not a JSON object ({type(t).__name__})"
+    if not t.get("candidate") or not isinstance(t["candidate"], (str, int)):
+        return f"no candidate id (candidate={t.get('candidate')!r})"
+    if needs_target and (not t.get("target") or not isinstance(t["target"], (str, int))):
+        return f"no target id (target={t.get('target')!r})"
+    caps = t.get("captions")
+    if not isinstance(caps, list) or len(caps) != 2 or not all(isinstance(c, str) for c in caps):
+        return f"captions must be a list of two strings, got {caps!r:.80}"
+    return None
 
 
 def _bad(report: LoadReport, skip_bad: bool, item: str, kind: str, message: str) -> None:

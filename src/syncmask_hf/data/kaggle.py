@@ -61,8 +61,9 @@ def load_hm(
     gender = `hm_gender` (from ``index_group_name``/``section_name``); H&M has no brand, season or composition ("").
     H&M's literal "Unknown" values become "".
 
-    A row without an article id, or whose image is missing (or corrupt, with ``verify_images=True``), raises
-    `BadItemError` naming the article, or is skipped and counted in ``report`` with ``skip_bad=True``.
+    A row with too few or too many fields, without a numeric article id, or whose image is missing (or corrupt,
+    with ``verify_images=True``), raises `BadItemError` naming the line and article, or is skipped and counted
+    (``bad_row`` / ``missing_image`` / ``corrupt_image``) in ``report`` with ``skip_bad=True``.
     """
     report = report if report is not None else LoadReport(f"hm:{root}")
     path = os.path.join(root, "articles.csv")
@@ -71,15 +72,26 @@ def load_hm(
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        _require_columns(list(reader.fieldnames or []), ["article_id", "product_code", "prod_name"], path)
+        header = list(reader.fieldnames or [])
+        _require_columns(header, ["article_id", "product_code", "prod_name"], path)
         for line_no, rec in enumerate(reader, start=2):
             report.rows_read += 1
             aid = clean(rec.get("article_id"))
             item = f"{path} line {line_no} (article_id={aid or '?'})"
-            if None in rec or not aid.isdigit():
+            # DictReader puts surplus fields under the key None and gives missing trailing fields the value None
+            if None in rec or None in rec.values():
+                found = sum(v is not None for k, v in rec.items() if k is not None) + len(rec.get(None) or [])
                 bad_item(
-                    report, skip_bad, item, "bad_row", "malformed row (wrong field count or non-numeric article_id)"
+                    report,
+                    skip_bad,
+                    item,
+                    "bad_row",
+                    f"malformed row: expected {len(header)} fields, found {found}; fix the quoting of that line "
+                    f"(a comma inside a field needs double quotes) or restore its missing fields",
                 )
+                continue
+            if not aid.isdigit():
+                bad_item(report, skip_bad, item, "bad_row", "malformed row: non-numeric article_id")
                 continue
             aid = aid.zfill(10)
             img = os.path.join(root, "images", aid[:3], f"{aid}.jpg")
