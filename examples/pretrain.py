@@ -43,8 +43,8 @@ from syncmask_hf.pretrained import resolve_pretrained
 from syncmask_hf.training import (
     DEFAULT_CONFIGS,
     MODEL_SPECS,
-    BudgetHorizon,
     Progress,
+    TimeBudget,
     TrainingBuffers,
     adopt_text_checkpoint,
     build_processor,
@@ -102,7 +102,7 @@ def parse_args(argv=None):
         type=float,
         default=None,
         help="stop after this much training time, over resumes too (then evaluate and save); without --max_steps "
-        "/ --num_epochs the LR schedule is sized to fit it from the speed of the first steps",
+        "/ --num_epochs the cosine LR schedule runs over the budget's time",
     )
     p.add_argument("--batch_size", type=int, default=32, help="per-process batch size")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
@@ -275,12 +275,12 @@ def main(argv=None):
 
     sampler0 = build_batch_sampler(args, train, accelerator, 0)
     steps_per_epoch = math.ceil(len(sampler0) / args.gradient_accumulation_steps)
-    horizon = None
+    budget = None
     if args.max_train_minutes and not (args.max_steps or args.num_epochs):
-        # A time budget alone: the schedule's length is measured, not guessed (BudgetHorizon).
-        horizon = BudgetHorizon(60 * args.max_train_minutes, calibrate_steps=args.warmup_steps + 10)
-        total_steps = 10**9
-        scheduler = cosine_with_budget(optimizer, args.warmup_steps, horizon, accelerator.num_processes)
+        # A time budget alone: the schedule runs over the budget's time, not over a guessed number of steps.
+        budget = TimeBudget(60 * args.max_train_minutes)
+        total_steps = math.inf
+        scheduler = cosine_with_budget(optimizer, args.warmup_steps, budget, accelerator.num_processes)
     else:
         total_steps = args.max_steps or (args.num_epochs * steps_per_epoch if args.num_epochs else 200)
         scheduler = cosine_with_warmup(
@@ -304,8 +304,8 @@ def main(argv=None):
             )
         else:
             logger.info("no checkpoint yet: starting from scratch", main_process_only=True)
-    if horizon is not None and progress.horizon_steps:
-        horizon.total_steps = total_steps = progress.horizon_steps
+    if budget is not None:
+        budget.spent = progress.train_seconds
     if report_to not in (None, "none"):
         accelerator.init_trackers(
             "pretrain", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
@@ -313,22 +313,24 @@ def main(argv=None):
 
     unwrapped = accelerator.unwrap_model(model)
 
-    def stage2_step():  # E2's stage 2 starts after the first fifth of the steps (None: horizon not sized yet)
-        return max(1, total_steps // 5) if total_steps < 10**9 else None
+    def stage2_due() -> bool:  # E2's stage 2 starts after the first fifth of the steps (or of the time budget)
+        if budget is not None:
+            return budget.fraction >= 0.2
+        return progress.global_step >= max(1, total_steps // 5)
 
     in_stage2 = False
-    if e2_two_stage and args.e2_stage == "both" and stage2_step() and progress.global_step >= stage2_step():
+    if e2_two_stage and args.e2_stage == "both" and stage2_due():
         enter_e2_stage2(unwrapped, scheduler, scale_lr=False)  # resumed inside stage 2: the LR is in the checkpoint
         in_stage2 = True
     bar = tqdm(
-        total=total_steps if total_steps < 10**9 else None,
+        total=None if budget is not None else total_steps,
         initial=progress.global_step,
         disable=not accelerator.is_local_main_process,
         desc=f"pretrain {args.model}",
     )
     started = time.monotonic()
-    seconds_before, steps_before = progress.train_seconds, progress.global_step
-    done = progress.global_step >= total_steps
+    seconds_before = progress.train_seconds
+    done = progress.global_step >= total_steps or bool(budget is not None and budget.fraction >= 1.0)
     while not done and progress.epoch < 10**6:
         sampler = build_batch_sampler(args, train, accelerator, progress.epoch)
         # The loader gets its own generator: creating its iterator must not draw from the global RNG, or a resumed
@@ -362,27 +364,12 @@ def main(argv=None):
             progress.global_step += 1
             if hasattr(unwrapped, "update_teacher"):
                 unwrapped.update_teacher()  # one EMA step per optimizer step
-            progress.train_seconds = seconds_before + time.monotonic() - started
-            if horizon is not None and not horizon.total_steps and progress.global_step >= horizon.calibrate_steps:
-                # Every rank takes the main process' measurement, so all run one schedule.
-                sized = horizon.calibrate(
-                    progress.global_step,
-                    progress.global_step - steps_before,
-                    time.monotonic() - started,
-                    seconds_before,
-                )
-                horizon.total_steps = total_steps = progress.horizon_steps = int(
-                    broadcast(torch.tensor([sized], device=accelerator.device)).item()
-                )
-                bar.total = total_steps
-                logger.info(
-                    f"LR schedule sized to the {args.max_train_minutes:g}-minute budget: {total_steps} steps",
-                    main_process_only=True,
-                )
-            if e2_two_stage and args.e2_stage == "both" and not in_stage2 and stage2_step():
-                if progress.global_step >= stage2_step():
-                    enter_e2_stage2(unwrapped, scheduler)
-                    in_stage2 = True
+            progress.train_seconds = train_seconds(accelerator, seconds_before + time.monotonic() - started)
+            if budget is not None:
+                budget.spent = progress.train_seconds
+            if e2_two_stage and args.e2_stage == "both" and not in_stage2 and stage2_due():
+                enter_e2_stage2(unwrapped, scheduler)
+                in_stage2 = True
             logs = {
                 k: float(v.detach())
                 for k, v in outputs.items()
@@ -406,7 +393,9 @@ def main(argv=None):
                     main_process_only=True,
                 )
                 model.train()
-            if progress.global_step >= total_steps or out_of_time(accelerator, args, progress):
+            if progress.global_step >= total_steps or (
+                args.max_train_minutes and progress.train_seconds > 60 * args.max_train_minutes
+            ):
                 done = True
                 break
         else:
@@ -459,15 +448,12 @@ def main(argv=None):
     return results
 
 
-def out_of_time(accelerator, args, progress) -> bool:
-    """The time budget is spent (over all sessions of the run). The main process decides for all, so that no rank
-    stops while another waits for it in a collective."""
-    if not args.max_train_minutes:
-        return False
-    spent = progress.train_seconds > 60 * args.max_train_minutes
+def train_seconds(accelerator, seconds: float) -> float:
+    """Training time so far by the main process' clock, the same on every rank: the time budget's stop and LR
+    schedule must not differ between processes (a rank stopping alone would leave the others in a collective)."""
     if accelerator.num_processes == 1:
-        return spent
-    return bool(broadcast(torch.tensor([int(spent)], device=accelerator.device)).item())
+        return seconds
+    return float(broadcast(torch.tensor([seconds], dtype=torch.float64, device=accelerator.device)).item())
 
 
 def enter_e2_stage2(model, scheduler, scale_lr=True):

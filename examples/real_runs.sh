@@ -17,9 +17,8 @@ export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 
 COMMON=(--dataset "hm:$DATA/hm" --dataset "myntra:$DATA/myntra" --seed 42 --batch_size 32
         --max_train_minutes "$MINUTES" --checkpoint_every 100 --report_to none --resume_from_checkpoint latest)
-# --max_train_minutes alone: pretrain.py sizes each run's cosine schedule to the budget from the speed of its first
-# steps (measured with the two sides of a comparison running side by side), so every run ends its schedule when its
-# budget ends, on any machine.
+# --max_train_minutes alone: pretrain.py runs each cosine schedule over the budget's time (not over a guessed
+# number of steps), so every run ends its schedule when its 10 minutes end, at whatever speed this machine gives.
 SYNC=(--model syncmask --config syncmask-small)
 E2=(--model e2 --config e2-tiny)
 FAE=(--model fashionfae --config fashionfae-tiny)

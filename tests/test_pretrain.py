@@ -4,8 +4,8 @@ two gloo processes match one with the same global batch, and bad images are skip
 from __future__ import annotations
 
 import json
-import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,39 +248,45 @@ def test_periodic_validation_is_logged_to_tensorboard(tmp_path):
     assert (out / "final" / "model.safetensors").is_file()
 
 
-def test_budget_horizon_sizes_the_schedule_from_the_measured_speed():
-    from syncmask_hf.training import BudgetHorizon, cosine_with_budget
+def test_time_budget_schedule_follows_the_spent_share_of_the_budget():
+    from syncmask_hf.training import TimeBudget, cosine_with_budget
 
-    horizon = BudgetHorizon(budget_seconds=100.0, calibrate_steps=5)
-    # 10 steps took 20 s of this session after 10 s spent in an earlier one: 70 s left at 2 s per step.
-    assert horizon.calibrate(steps_done=15, steps_this_session=10, session_seconds=20.0, seconds_before=10.0) == 50
     params = [torch.nn.Parameter(torch.zeros(1))]
     opt = torch.optim.SGD(params, lr=1.0)
-    pending = BudgetHorizon(budget_seconds=1.0, calibrate_steps=1)
-    sched = cosine_with_budget(opt, warmup_steps=4, horizon=pending, num_processes=2)
+    budget = TimeBudget(100.0)
+    sched = cosine_with_budget(opt, warmup_steps=4, budget=budget, num_processes=2)
     rates = []
-    for _ in range(12):
+    for _ in range(8):  # warm-up: 4 optimizer steps = 8 scheduler steps with two processes
         rates.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    # Warm-up over 4 optimizer steps = 8 scheduler steps (two processes), then the peak until sized.
-    assert rates[:8] == pytest.approx([i / 8 for i in range(8)]) and rates[8:] == [1.0] * 4
-    pending.total_steps = 10  # 20 scheduler steps: half-way through the cosine at scheduler step 14
+    assert rates == pytest.approx([i / 8 for i in range(8)])
+    budget.spent = 50.0  # half the budget spent, whatever the step count
     opt.step()
     sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    budget.spent = 120.0  # over budget: the rate stays at 0
+    opt.step()
     sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 6 / 12)))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="positive"):
+        TimeBudget(0)
 
 
-def test_time_budget_alone_sizes_the_schedule_and_stops_in_time(tmp_path):
+def test_time_budget_alone_stops_in_time_and_spans_a_resume(tmp_path):
     out = tmp_path / "run"
-    proc = run(
-        ["--model", "e2", *TINY, "--max_train_minutes", "0.15", "--checkpoint_every", "0", "--output_dir", str(out)]
-    )
+    args = ["--model", "e2", *TINY, "--max_train_minutes", "0.15", "--checkpoint_every", "5", "--output_dir", str(out)]
+    proc = run(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sized = [line for line in proc.stderr.splitlines() if "LR schedule sized" in line]
-    assert sized, proc.stderr[-2000:]
-    horizon = int(sized[0].rsplit(":", 1)[1].split()[0])
     training = json.loads((out / "final" / "eval_results.json").read_text())["training"]
-    assert 0 < training["steps"] <= horizon
-    assert 0.15 <= training["train_minutes"] < 0.5
+    assert training["steps"] > 5 and 0.15 <= training["train_minutes"] < 0.3
+    # Resumed from its last checkpoint, the run gets only what is left of its budget, not a new one.
+    last = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
+    spent = json.loads((last / "progress.json").read_text())["train_seconds"]
+    assert 0 < spent <= 0.15 * 60 + 5
+    shutil.rmtree(out / "final")
+    proc = run([*args, "--resume_from_checkpoint", "latest"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((out / "final" / "eval_results.json").read_text())["training"]
+    assert 0.15 <= resumed["train_minutes"] < 0.3
+    assert resumed["steps"] - int(last.name.split("_")[1]) < training["steps"]

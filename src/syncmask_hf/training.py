@@ -96,7 +96,6 @@ class Progress:
     samples_seen: int = 0
     skipped_items: int = 0
     train_seconds: float = 0.0  # training time of every session so far (a time budget spans resumes)
-    horizon_steps: int = 0  # LR schedule length sized from a time budget (0: not sized yet / not budgeted)
     history: list = field(default_factory=list)
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -166,42 +165,29 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class BudgetHorizon:
-    """Length of the LR schedule of a run bounded by time (`--max_train_minutes` without `--max_steps`).
+class TimeBudget:
+    """A run bounded by training time (`--max_train_minutes` without `--max_steps`): its LR schedule follows the
+    share of the budget spent, so it ends exactly when the budget does, however the speed varies on a shared
+    machine. `spent` is set by the training loop each optimizer step (the main process' clock, broadcast, so every
+    rank runs one schedule) and spans resumes (`Progress.train_seconds`)."""
 
-    The cosine needs its length in steps, which a time budget does not give: after `calibrate_steps` steps the
-    horizon becomes the steps done plus those that fit the rest of the budget at the speed measured so far, and is
-    fixed from then on (kept in `Progress.horizon_steps`, so a resumed run keeps it). Until then the schedule
-    warms up and holds the peak rate. All processes must call `calibrate` with the main process' measurement
-    (see `examples/pretrain.py`), so that every rank runs the same schedule.
-    """
+    def __init__(self, seconds: float):
+        if seconds <= 0:
+            raise ValueError(f"a time budget must be positive, got {seconds} s")
+        self.seconds = float(seconds)
+        self.spent = 0.0
 
-    def __init__(self, budget_seconds: float, calibrate_steps: int, total_steps: int = 0):
-        self.budget_seconds = budget_seconds
-        self.calibrate_steps = max(1, calibrate_steps)
-        self.total_steps = total_steps
-
-    def calibrate(self, steps_done: int, steps_this_session: int, session_seconds: float, seconds_before: float):
-        """Fix the horizon from this session's speed; returns it."""
-        per_step = session_seconds / max(1, steps_this_session)
-        left = max(0.0, self.budget_seconds - seconds_before - session_seconds)
-        self.total_steps = steps_done + max(1, int(left / per_step)) if per_step > 0 else steps_done + 1
-        return self.total_steps
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.spent / self.seconds)
 
 
-def cosine_with_budget(optimizer, warmup_steps: int, horizon: BudgetHorizon, num_processes: int = 1):
-    """transformers' cosine-with-warm-up whose length is `horizon.total_steps`, read at every step (0 = not known
-    yet: the rate holds at its peak after the warm-up)."""
+def cosine_with_budget(optimizer, warmup_steps: int, budget: TimeBudget, num_processes: int = 1):
+    """Linear warm-up over `warmup_steps` optimizer steps times a cosine over the spent share of `budget`."""
 
     def factor(step: int) -> float:
-        warmup = warmup_steps * num_processes
-        if step < warmup:
-            return step / max(1, warmup)
-        if not horizon.total_steps:
-            return 1.0
-        total = horizon.total_steps * num_processes
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        warm = min(1.0, step / max(1, warmup_steps * num_processes))
+        return warm * 0.5 * (1.0 + math.cos(math.pi * budget.fraction))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
