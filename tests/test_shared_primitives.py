@@ -21,6 +21,18 @@ def test_clip_loss_without_product_ids_is_clips_loss():
     torch.testing.assert_close(got, expected)
 
 
+def test_clip_loss_with_text_ids_treats_identical_texts_of_other_products_as_positives():
+    img = F.normalize(torch.randn(4, 8), dim=-1)
+    txt = F.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(math.log(10.0))
+    products, texts = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 5, 6, 7])  # items 0 and 1 share a text
+    logits = 10.0 * img @ txt.t()
+    targets = torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    expected = 0.5 * (losses.soft_cross_entropy(logits, targets) + losses.soft_cross_entropy(logits.t(), targets))
+    torch.testing.assert_close(losses.clip_contrastive_loss(img, txt, scale, products, texts), expected)
+    assert not torch.allclose(losses.clip_contrastive_loss(img, txt, scale, products), expected)
+
+
 def test_multi_positive_targets_never_treat_same_product_as_negative():
     ids = torch.tensor([7, 7, 3, 9])
     targets = losses.multi_positive_targets(ids, ids)

@@ -93,10 +93,13 @@ def clip_contrastive_loss(
     text_embeds: torch.Tensor,
     logit_scale: torch.Tensor,
     product_ids: torch.Tensor | None = None,
+    text_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CLIP's loss on L2-normalised embeddings, gathered across ranks, multi-positive when `product_ids` is given.
 
-    Without `product_ids` each item is only its own positive, which is CLIP's loss exactly.
+    Without `product_ids` each item is only its own positive, which is CLIP's loss exactly. With `text_ids` too,
+    pairs with an identical text (e.g. one description copied onto two products) are positives as well, never
+    false negatives.
     """
     local = image_embeds.shape[0]
     all_image = gather_with_grad(image_embeds)
@@ -109,7 +112,10 @@ def clip_contrastive_loss(
     scale = logit_scale.exp() if logit_scale.dim() == 0 else logit_scale
     logits_i2t = scale * image_embeds @ all_text.t()
     logits_t2i = scale * text_embeds @ all_image.t()
-    targets = multi_positive_targets(product_ids, all_ids)
+    positives = same_id_mask(product_ids, all_ids)
+    if text_ids is not None:
+        positives |= same_id_mask(text_ids, gather_no_grad(text_ids))
+    targets = positives.float() / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
     return contrastive_loss(logits_i2t, logits_t2i, targets, targets)
 
 

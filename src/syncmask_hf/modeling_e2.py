@@ -431,8 +431,8 @@ class E2Model(E2PreTrainedModel):
     ) -> E2Output:
         """Global logits (CLIP's) and, with `return_loss=True`, E2's loss.
 
-        `product_ids` make all pairs of one product positives of the global loss. `text_ids` is accepted for the
-        common input contract; identical texts of one product are covered by `product_ids`. The regional loss needs
+        `product_ids` make all pairs of one product positives of the global loss; with `text_ids` (normalised-text
+        hashes, as `FashionCollator` gives) pairs whose texts are identical are positives too, never negatives. The regional loss needs
         `entity_input_ids` / `entity_attention_mask` (B, E, Le) and optional `entity_valid` (B, E).
         """
         if pixel_values is None or input_ids is None:
@@ -461,7 +461,7 @@ class E2Model(E2PreTrainedModel):
 
         loss = loss_global = loss_regional = entity_losses = None
         if return_loss:
-            loss_global = clip_contrastive_loss(image_embeds, text_embeds, self.logit_scale, product_ids)
+            loss_global = clip_contrastive_loss(image_embeds, text_embeds, self.logit_scale, product_ids, text_ids)
             loss = self.config.global_loss_weight * loss_global
             if regional:
                 value_ids = _text_hash(entity_input_ids, entity_attention_mask)
