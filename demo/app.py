@@ -93,7 +93,7 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
         with gr.Tab("Image → products & texts"):
             image_in = UploadImage(type="filepath", label="Photo", elem_id="image-query")
             image_button = gr.Button("Search", elem_id="image-search")
-            image_results = gr.Gallery(label="Similar products", columns=6)
+            image_results = gr.Gallery(label="Similar products", columns=6, elem_id="image-results")
             image_texts = gr.Textbox(label="Closest catalogue texts", lines=6)
             image_button.click(image_search, image_in, [image_results, image_texts], api_name="image_search")
         with gr.Tab("This, but …"):
@@ -133,6 +133,7 @@ def parse_args(argv=None):
     # Spaces set GRADIO_SERVER_NAME=0.0.0.0 (and the port); elsewhere the app stays on loopback unless asked.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--max_file_size", default=os.environ.get("MAX_FILE_SIZE", "25mb"), help="largest upload accepted")
     return p.parse_args(argv)
 
 
@@ -146,7 +147,12 @@ if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
     demo_engine = make_engine(args)
     demo = build_demo(demo_engine)
-    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(demo_engine.cache_dir)])
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        allowed_paths=[str(demo_engine.cache_dir)],
+        max_file_size=args.max_file_size,  # refused before it is stored; decoded sizes are checked by open_image
+    )
 else:
     # `gradio demo/app.py` and Spaces import the module and look for `demo`; build it from the environment.
     if os.environ.get("SYNCMASK_DEMO_NO_AUTOLOAD") != "1":

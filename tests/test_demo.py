@@ -176,6 +176,43 @@ def test_bad_uploads_get_a_message(client, tmp_path, name, content, message):
         client.predict(gradio_client.handle_file(str(path)), api_name="/image_search")
 
 
+@pytest.mark.parametrize("api,extra", [("/modified_search", ("in red",)), ("/describe", ())])
+def test_every_upload_endpoint_gives_bad_files_a_message(client, tmp_path, api, extra):
+    for name, content, message in (
+        ("notes.txt", b"this is not a picture", "not an image"),
+        ("empty.png", b"", "empty"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(Exception, match=message):
+            client.predict(gradio_client.handle_file(str(path)), *extra, api_name=api)
+
+
+def test_missing_upload_and_empty_change_get_a_message(client, photo):
+    with pytest.raises(Exception, match="No image given"):
+        client.predict(None, api_name="/image_search")
+    with pytest.raises(Exception, match="Describe the change"):
+        client.predict(gradio_client.handle_file(photo), "  ", api_name="/modified_search")
+
+
+def test_uploads_over_the_size_limit_are_refused(engine, tmp_path):
+    """The app's launch refuses a file over --max_file_size before storing it (a client gets an error, not a hang)."""
+    from demo.app import parse_args
+
+    assert parse_args([]).max_file_size == "25mb"
+    demo = build_demo(engine)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="1kb")
+    try:
+        big = tmp_path / "big.png"
+        Image.effect_noise((64, 64), 64).convert("RGB").save(big)  # noise: ~12 KB, over the 1 KB limit
+        small_client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match="(?i)size|large|limit"):
+            small_client.predict(gradio_client.handle_file(str(big)), api_name="/image_search")
+    finally:
+        demo.close()
+
+
 def test_huge_upload_gets_a_message(client, tmp_path):
     path = tmp_path / "huge.png"
     Image.new("L", (9000, 6000), 200).save(path)  # 54 MP, compresses to a few KB
@@ -224,13 +261,15 @@ def test_browser_search_and_upload(server, photo, tmp_path):
         page.locator("#text-search").click()
         page.wait_for_selector("#text-results img", timeout=60_000)
         assert page.locator("#text-results img").count() >= 6
-        page.screenshot(path=str(screenshot), full_page=True)
+        page.screenshot(path=str(screenshot.with_name(screenshot.stem + "-text.png")), full_page=True)
         page.get_by_role("tab", name="Image → products & texts").click()
         page.locator("#image-query input[type=file]").set_input_files(photo)
         page.locator("#image-search").click()
-        page.wait_for_function("document.querySelectorAll('img').length > 14", timeout=60_000)
+        page.wait_for_selector("#image-results img", timeout=60_000)
+        assert page.locator("#image-results img").count() >= 6
+        page.screenshot(path=str(screenshot), full_page=True)  # the uploaded photo and its results
         browser.close()
-    assert screenshot.stat().st_size > 10_000
+    assert screenshot.stat().st_size > 10_000 and screenshot.with_name(screenshot.stem + "-text.png").is_file()
 
 
 def test_caption_with_a_trained_captioner_folder(engine, tmp_path):
