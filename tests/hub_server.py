@@ -5,6 +5,7 @@ It speaks the endpoints `huggingface_hub` (2.x) uses to create repos, commit and
 unchanged against it (pass `endpoint=server.url`, or set `HF_ENDPOINT` before a fresh process imports the client):
 
 - `GET  /api/whoami-v2`
+- `GET  /api/agent-harnesses`                           (the client's agent registry; answered empty)
 - `POST /api/repos/create`                              (models, datasets, spaces; 409 when it exists)
 - `POST /api/validate-yaml`                             (README metadata must be a YAML mapping)
 - `POST /api/{type}s/{repo}/preupload/{rev}`            (every file `uploadMode: "regular"`: contents come inlined)
@@ -210,6 +211,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, parts: list[str], query: dict) -> None:
         method = self.command
+        if method == "GET" and parts == ["agent-harnesses"]:
+            # huggingface_hub >= 1.x fetches this registry for its user agent (best effort); an empty one is valid.
+            self._json(200, {"standardEnvVars": [], "harnesses": {}})
+            return
         if method == "GET" and parts == ["whoami-v2"]:
             if self._authorized():
                 self._json(

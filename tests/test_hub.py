@@ -397,6 +397,7 @@ def test_pretrain_push_to_hub_publishes_the_final_folder(hub, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0 and "FRESH-PROCESS-OK" in done.stdout, f"{done.stdout}\n{done.stderr}"
+    assert hub.unexpected == []
 
 
 def test_real_demo_space_runs_from_its_own_files(hub, tmp_path):
