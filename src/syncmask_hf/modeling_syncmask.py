@@ -33,6 +33,7 @@ from .losses import (
     exclusion_mask,
     gather_no_grad,
     itm_loss,
+    masked_lm_loss,
     rank_offset,
     same_id_mask,
     sample_negatives,
@@ -532,8 +533,7 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         if not selected.any():
             return fused.sum() * 0.0
         # The vocabulary projection only at masked positions: the same loss as over all positions, far cheaper.
-        logits = self.mlm_head(fused[selected])
-        return F.cross_entropy(logits.float(), labels[selected])
+        return masked_lm_loss(self.mlm_head(fused[selected]), labels[selected])
 
     def _mim_loss(self, pixel_values, patch_mask, text_hidden, attention_mask, teacher_image_hidden):
         """Masked image + unmasked text: the masked image's tokens cross-attend to the text fused with it, then a
