@@ -8,6 +8,8 @@ against the product texts (BLEU-4, CIDEr-D, ROUGE-L; offline implementations).
     # after `python examples/pretrain.py` (writes outputs/pretrain/final):
     python examples/train_captioner.py
     accelerate launch examples/train_captioner.py --model_path outputs/hm_e2/final --dataset hm:../shared/data/hm
+    # evaluate a trained captioner again (same encoder and held-out split), e.g. with beam search:
+    python examples/train_captioner.py --captioner_path outputs/captioner --output_dir outputs/captioner_beam5 --num_beams 5
 
 The held-out products are the ones pretrain.py held out given the same --dataset / --test_products /
 --val_products / --seed, so the captions are of products neither the encoder nor the captioner saw.
@@ -42,6 +44,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--dataset", action="append", help="data-layer source(s); default synthetic:2400")
     p.add_argument("--output_dir", default="outputs/captioner")
+    p.add_argument(
+        "--captioner_path",
+        default=None,
+        help="evaluate this trained captioner folder (over --model_path) instead of training one; results go to "
+        "--output_dir/caption_results.json with the folder's training record",
+    )
     p.add_argument("--epochs", type=int, default=None, help="passes over the training texts (default: 10)")
     p.add_argument("--max_steps", type=int, default=None, help="optimiser steps (overrides --epochs)")
     p.add_argument("--batch_size", type=int, default=64)
@@ -121,6 +129,9 @@ def main(argv=None):
             args.dataset or ["synthetic:2400"], args.test_products, args.val_products, args.seed
         )
 
+    if args.captioner_path:
+        evaluate_only(args, accelerator, encoder, processor, splits)
+        return
     texts = unique_texts(splits["train"])
     if not texts:
         raise ValueError("the training split has no product texts: the captioner learns from texts only")
@@ -165,48 +176,81 @@ def main(argv=None):
     captioner = accelerator.unwrap_model(captioner)
 
     if accelerator.is_main_process:
-        rows, skipped = held_out_images(splits["test"], args.max_eval_images)
-        if not rows:
-            raise ValueError("no decodable held-out image to caption: check the catalogue's images")
-        pixels = processor(images=[image for image, _, _ in rows], return_tensors="pt")["pixel_values"]
-        image_embeds = encode_images(encoder, pixels, progress=True)
-        captions = caption_images(
-            captioner,
-            image_embeds,
-            tokenizer,
-            num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens,
-            progress=True,
-            **({"no_repeat_ngram_size": args.no_repeat_ngram_size} if args.no_repeat_ngram_size else {}),
-        )
-        references = [[text] for _, text, _ in rows]
-        metrics = caption_metrics(captions, references)
-        metrics["skipped_images"] = skipped
-        examples = [
-            {"product_id": pid, "reference": text, "caption": caption}
-            for (_, text, pid), caption in zip(rows[: args.num_examples], captions)
-        ]
         captioner.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
-        summary = {
-            "encoder": str(args.model_path),
-            "dataset": args.dataset or ["synthetic:2400"],
+        training = {
             "train_texts": len(texts),
             "train_steps": len(losses),
             "train_seconds": round(train_seconds, 1),
             "first_loss": losses[0],
             "last_loss": sum(losses[-10:]) / len(losses[-10:]),
-            "metrics": metrics,
-            "examples": examples,
         }
-        (out_dir / "caption_results.json").write_text(json.dumps(summary, indent=2))
-        table = {"held-out": {k: round(v, 2) for k, v in metrics.items() if k in ("BLEU-4", "CIDEr-D", "ROUGE-L")}}
-        table["held-out"]["images"] = metrics["num_images"]
-        print(format_results_markdown(table, title=f"captions of held-out products ({args.model_path})"))
-        for ex in examples:
-            print(f"- {ex['caption']!r}  <- reference: {ex['reference'][:100]!r}")
+        evaluate_and_report(args, encoder, processor, captioner, splits["test"], training, out_dir)
         print(f"captioner saved to {out_dir}")
     accelerator.wait_for_everyone()
+
+
+#: the training record a captioner folder's caption_results.json carries over to a re-evaluation
+TRAINING_KEYS = ("train_texts", "train_steps", "train_seconds", "first_loss", "last_loss")
+
+
+def evaluate_only(args, accelerator, encoder, processor, splits):
+    """Caption the held-out products with the trained captioner in --captioner_path (its saved text memory)."""
+    folder = Path(args.captioner_path)
+    captioner = FashionDeCapForCaptioning.from_pretrained(folder).to(accelerator.device).eval()
+    # An encoder of another width is refused by the captioner itself (ValueError naming config.prefix_dim).
+    record = folder / "caption_results.json"
+    previous = json.loads(record.read_text()) if record.is_file() else {}
+    training = {key: previous[key] for key in TRAINING_KEYS if key in previous}
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        evaluate_and_report(args, encoder, processor, captioner, splits["test"], training, Path(args.output_dir))
+    accelerator.wait_for_everyone()
+
+
+def evaluate_and_report(args, encoder, processor, captioner, test_split, training: dict, out_dir: Path) -> dict:
+    """Caption one image per held-out product, score against the product texts, write caption_results.json."""
+    rows, skipped = held_out_images(test_split, args.max_eval_images)
+    if not rows:
+        raise ValueError("no decodable held-out image to caption: check the catalogue's images")
+    pixels = processor(images=[image for image, _, _ in rows], return_tensors="pt")["pixel_values"]
+    image_embeds = encode_images(encoder, pixels, progress=True)
+    captions = caption_images(
+        captioner,
+        image_embeds,
+        processor.tokenizer,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        progress=True,
+        **({"no_repeat_ngram_size": args.no_repeat_ngram_size} if args.no_repeat_ngram_size else {}),
+    )
+    references = [[text] for _, text, _ in rows]
+    metrics = caption_metrics(captions, references)
+    metrics["skipped_images"] = skipped
+    examples = [
+        {"product_id": pid, "reference": text, "caption": caption}
+        for (_, text, pid), caption in zip(rows[: args.num_examples], captions)
+    ]
+    summary = {
+        "encoder": str(args.model_path),
+        "captioner": str(args.captioner_path or out_dir),
+        "dataset": args.dataset or ["synthetic:2400"],
+        **training,
+        "decoding": {
+            "num_beams": args.num_beams,
+            "max_new_tokens": args.max_new_tokens,
+            "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        },
+        "metrics": metrics,
+        "examples": examples,
+    }
+    (out_dir / "caption_results.json").write_text(json.dumps(summary, indent=2))
+    table = {"held-out": {k: round(v, 2) for k, v in metrics.items() if k in ("BLEU-4", "CIDEr-D", "ROUGE-L")}}
+    table["held-out"]["images"] = metrics["num_images"]
+    print(format_results_markdown(table, title=f"captions of held-out products ({args.model_path})"))
+    for ex in examples:
+        print(f"- {ex['caption']!r}  <- reference: {ex['reference'][:100]!r}")
+    return summary
 
 
 if __name__ == "__main__":

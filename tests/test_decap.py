@@ -352,3 +352,22 @@ def test_train_decap_with_accelerator_sets_memory():
     assert not torch.equal(before, model.prefix_projection.layers[0].weight)
     torch.testing.assert_close(model.memory, F.normalize(embeds, dim=-1))  # DeCap's memory: the training texts
     assert model.config.memory_size == 3
+
+
+def test_decoded_captions_rejoin_intra_word_punctuation():
+    """WordPiece decodes "ankle-length" as "ankle - length"; the caption metrics read the reference's
+    "ankle-length" as one word, so captions rejoin hyphens, slashes and apostrophes inside words (only there)."""
+    from transformers import AutoTokenizer
+
+    from syncmask_hf.evaluation import caption_metrics
+    from syncmask_hf.modeling_decap import tidy_wordpiece_text
+    from syncmask_hf.pretrained import resolve_pretrained
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained("minilm"))  # the tiny configs' BERT vocabulary
+    text = "ankle-length trousers in women's 5-pocket denim/cotton, a classic."
+    decoded = tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
+    assert "ankle - length" in decoded  # what WordPiece gives back
+    tidy = tidy_wordpiece_text(decoded)
+    assert tidy == "ankle-length trousers in women's 5-pocket denim/cotton, a classic."
+    assert caption_metrics([tidy], [[text]])["BLEU-4"] > caption_metrics([decoded], [[text]])["BLEU-4"]
+    assert tidy_wordpiece_text("  - start and end -  ") == "- start and end -"

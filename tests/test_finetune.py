@@ -398,3 +398,14 @@ def test_train_captioner_on_an_e2_encoder(tmp_path, assets):
     captioner = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert captioner.config.memory_size == results["train_texts"]  # the training texts are the memory
     assert captioner.config.prefix_dim == 32  # e2-tiny's joint space
+
+    # Evaluate the saved captioner again without training: the same held-out images and greedy captions, the
+    # folder's training record carried over, nothing written into the captioner folder.
+    again = tmp_path / "again"
+    weights = (out / "model.safetensors").read_bytes()
+    run("train_captioner.py", [*args, "--captioner_path", out, "--max_eval_images", "5", "--output_dir", again])
+    rerun = json.loads((again / "caption_results.json").read_text())
+    assert rerun["captioner"] == str(out) and rerun["train_steps"] == 3
+    assert rerun["metrics"] == results["metrics"]
+    assert [e["caption"] for e in rerun["examples"]] == [e["caption"] for e in results["examples"]]
+    assert (out / "model.safetensors").read_bytes() == weights and not (again / "model.safetensors").exists()

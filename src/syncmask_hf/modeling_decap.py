@@ -17,6 +17,7 @@ Remote code: imports only transformers, torch and the sibling configuration file
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -320,14 +321,23 @@ class FashionDeCapForCaptioning(FashionDeCapPreTrainedModel, GenerationMixin):
             num_beams=num_beams,
             **generate_kwargs,
         )
-        return [
-            text.strip()
-            for text in tokenizer.batch_decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        ]
+        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return [tidy_wordpiece_text(text) for text in texts]
+
+
+# WordPiece decoding puts spaces around every punctuation token ("ankle - length", "women ' s"); inside a word they
+# were not in the text, and the caption metrics read "ankle-length" as one word, so rejoin them. (A spaced dash
+# between two words decodes the same way and becomes a hyphen: rarer in product texts than compound words.)
+_SPACED_INNER_PUNCT = re.compile(r"(?<=\w) ([-/']) (?=\w)")
+
+
+def tidy_wordpiece_text(text: str) -> str:
+    """Undo WordPiece's spacing around intra-word punctuation: "ankle - length" -> "ankle-length"."""
+    return _SPACED_INNER_PUNCT.sub(r"\1", text).strip()
 
 
 # save_pretrained writes `auto_map` and copies this code, so Hub copies load with trust_remote_code=True.
 FashionDeCapConfig.register_for_auto_class()
 FashionDeCapForCaptioning.register_for_auto_class("AutoModel")
 
-__all__ = ["FashionDeCapForCaptioning", "FashionDeCapPreTrainedModel", "FashionDeCapOutput"]
+__all__ = ["FashionDeCapForCaptioning", "FashionDeCapPreTrainedModel", "FashionDeCapOutput", "tidy_wordpiece_text"]
