@@ -53,6 +53,11 @@ wait
 run syncmask_sync_plain "${SYNC[@]}" --sampler random &
 run syncmask_minilm_text "${SYNC[@]}" --text_pretrained minilm &
 wait
+# FashionFAE's ablation again with the pretrained MiniLM as its fusion BERT (vision from scratch; 1e-4), closer to
+# the paper's start from BERT-base.
+run fashionfae_minilm_text "${FAE[@]}" --text_pretrained minilm &
+run fashionfae_minilm_text_plain "${FAE[@]}" --text_pretrained minilm --config_override '{"aetp": false, "apir": false}' &
+wait
 caption e2 &
 caption e2_clip_ft &
 wait
