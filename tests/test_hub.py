@@ -40,6 +40,32 @@ def _online_env(**extra) -> dict[str, str]:
     return env
 
 
+def _assert_loads_without_the_package(folder: Path, reference: Path, checks: str, cwd: Path, hf_home: Path):
+    """Run `checks` in a fresh process where syncmask_hf is blocked and neither src/ nor tests/ is importable, after
+    loading `folder` with remote code as `model` (checked to come from transformers_modules) and `reference` as `ref`."""
+    script = (
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.modules["syncmask_hf"] = None  # importing it would raise
+            sys.path = [p for p in sys.path if p not in ("", ".") and "syncmask" not in p]
+            import torch
+            from transformers import AutoModel
+            model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            ref = torch.load({str(reference)!r})
+            """
+        )
+        + textwrap.dedent(checks)
+        + "\nprint('FRESH-PROCESS-OK')\n"
+    )
+    env = _online_env(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home))
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=cwd)  # fmt: skip
+    assert done.returncode == 0 and "FRESH-PROCESS-OK" in done.stdout, f"{done.stdout}\n{done.stderr}\n{script}"
+
+
 def _save_tiny_remote_model(folder: Path):
     """Tiny remote-code model + a processor (CLIP image processor + MiniLM tokenizer), as a training run leaves them."""
     from tiny_remote_model.configuration_tinydual import TinyDualConfig
@@ -140,18 +166,9 @@ def test_downloaded_model_loads_in_a_fresh_process_without_the_package(published
         snippet = usage_snippet(path, MODEL_REPO)
         snippets.append(snippet.replace(f'"{MODEL_REPO}"', repr(str(path))))
     assert "AutoProcessor" in snippets[0] and "AutoImageProcessor" in snippets[1]
-    script = (
-        textwrap.dedent(
-            f"""
-        import sys
-        sys.modules["syncmask_hf"] = None  # importing it would raise
-        sys.path = [p for p in sys.path if p not in ("", ".") and "syncmask" not in p]
-        import torch
+    checks = textwrap.dedent(
+        """
         from PIL import Image
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(downloaded)!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        ref = torch.load({str(tmp / "reference.pt")!r})
         with torch.no_grad():
             image = model.get_image_features(ref["pixel_values"])
             text = model.get_text_features(ref["input_ids"], ref["attention_mask"])
@@ -159,17 +176,10 @@ def test_downloaded_model_loads_in_a_fresh_process_without_the_package(published
         torch.testing.assert_close(text, ref["text_embeds"], rtol=0, atol=1e-6)
         Image.new("RGB", (40, 48), (200, 30, 30)).save("product.jpg")
         """
-        )
-        + "".join(f"\n{snippet}\nassert scores.shape == (1, 2), scores.shape\n" for snippet in snippets)
-        + "print('FRESH-PROCESS-OK')\n"
-    )
+    ) + "".join(f"\n{snippet}\nassert scores.shape == (1, 2), scores.shape\n" for snippet in snippets)
     run_dir = tmp / "fresh"
     run_dir.mkdir(exist_ok=True)
-    env = _online_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf_home_fresh"))
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=run_dir)  # fmt: skip
-    assert done.returncode == 0 and "FRESH-PROCESS-OK" in done.stdout, f"{done.stdout}\n{done.stderr}\n{script}"
+    _assert_loads_without_the_package(downloaded, tmp / "reference.pt", checks, run_dir, tmp / "hf_home_fresh")
 
 
 def test_model_card_metadata_and_body(published):
@@ -374,29 +384,16 @@ def test_pretrain_push_to_hub_publishes_the_final_folder(hub, tmp_path):
             "text": local.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output,
         }
     torch.save(reference, tmp_path / "reference.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["syncmask_hf"] = None  # importing it would raise
-        sys.path = [p for p in sys.path if p not in ("", ".") and "syncmask" not in p]
-        import torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(downloaded)!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        ref = torch.load({str(tmp_path / "reference.pt")!r})
+    checks = """
         with torch.no_grad():
             image = model.get_image_features(pixel_values=ref["pixel_values"]).pooler_output
             text = model.get_text_features(ref["input_ids"], ref["attention_mask"]).pooler_output
         torch.testing.assert_close(image, ref["image"], rtol=0, atol=1e-6)
         torch.testing.assert_close(text, ref["text"], rtol=0, atol=1e-6)
-        print("FRESH-PROCESS-OK")
         """
+    _assert_loads_without_the_package(
+        downloaded, tmp_path / "reference.pt", checks, tmp_path, tmp_path / "hf_home_fresh"
     )
-    env = _online_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home_fresh"))
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 0 and "FRESH-PROCESS-OK" in done.stdout, f"{done.stdout}\n{done.stderr}"
     assert hub.unexpected == []
 
 
