@@ -56,10 +56,15 @@ def same_id_mask(row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
     return row_ids.view(-1, 1) == col_ids.view(1, -1)
 
 
+def positive_targets(positives: torch.Tensor) -> torch.Tensor:
+    """Row-normalised targets spreading each row's probability mass over its positive columns (a rows x cols mask)."""
+    positives = positives.float()
+    return positives / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
 def multi_positive_targets(row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
     """Row-normalised targets spreading each row's probability mass over all columns with the same id."""
-    positives = same_id_mask(row_ids, col_ids).float()
-    return positives / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return positive_targets(same_id_mask(row_ids, col_ids))
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -115,7 +120,7 @@ def clip_contrastive_loss(
     positives = same_id_mask(product_ids, all_ids)
     if text_ids is not None:
         positives |= same_id_mask(text_ids, gather_no_grad(text_ids))
-    targets = positives.float() / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
+    targets = positive_targets(positives)
     return contrastive_loss(logits_i2t, logits_t2i, targets, targets)
 
 

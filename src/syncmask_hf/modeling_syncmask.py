@@ -34,8 +34,8 @@ from .losses import (
     gather_no_grad,
     itm_loss,
     masked_lm_loss,
+    multi_positive_targets,
     rank_offset,
-    same_id_mask,
     sample_negatives,
 )
 from .masking import apply_token_mask, eligible_tokens, random_mask, synchronized_masks
@@ -472,8 +472,7 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
                 col_ids = torch.cat([col_ids, self.queue.ids()])
                 t_image_all = torch.cat([t_image_all, self.queue.get("image")])
                 t_text_all = torch.cat([t_text_all, self.queue.get("text")])
-            positives = same_id_mask(ids, col_ids).float()
-            targets = positives / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
+            targets = multi_positive_targets(ids, col_ids)
             distill_i2t = distill_t2i = None
             if alpha > 0:
                 distill_i2t = F.softmax(t_image_feat @ t_text_all.t() / temp, dim=1)
@@ -739,8 +738,7 @@ class SyncMaskForTextGuidedImageRetrieval(SyncMaskPreTrainedModel):
             out.target_embeds, out.logits = target, query @ target.t() / temp
             if return_loss:
                 ids = target_ids if target_ids is not None else torch.arange(query.shape[0], device=query.device)
-                positives = same_id_mask(ids, ids).float()
-                targets = positives / positives.sum(dim=1, keepdim=True)
+                targets = multi_positive_targets(ids, ids)  # the diagonal is always positive
                 out.loss = contrastive_loss(out.logits, out.logits.t(), targets, targets)
         return out
 
