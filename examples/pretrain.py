@@ -364,7 +364,9 @@ def main(argv=None):
             progress.global_step += 1
             if hasattr(unwrapped, "update_teacher"):
                 unwrapped.update_teacher()  # one EMA step per optimizer step
-            progress.train_seconds = train_seconds(accelerator, seconds_before + time.monotonic() - started)
+            progress.train_seconds = seconds_before + time.monotonic() - started
+            if args.max_train_minutes:  # the stop (and the budget's schedule) must agree on every rank
+                progress.train_seconds = main_process_seconds(accelerator, progress.train_seconds)
             if budget is not None:
                 budget.spent = progress.train_seconds
             if e2_two_stage and args.e2_stage == "both" and not in_stage2 and stage2_due():
@@ -448,9 +450,10 @@ def main(argv=None):
     return results
 
 
-def train_seconds(accelerator, seconds: float) -> float:
+def main_process_seconds(accelerator, seconds: float) -> float:
     """Training time so far by the main process' clock, the same on every rank: the time budget's stop and LR
-    schedule must not differ between processes (a rank stopping alone would leave the others in a collective)."""
+    schedule must not differ between processes (a rank stopping alone would leave the others in a collective).
+    One broadcast per optimizer step, so only runs with a time budget call it."""
     if accelerator.num_processes == 1:
         return seconds
     return float(broadcast(torch.tensor([seconds], dtype=torch.float64, device=accelerator.device)).item())
