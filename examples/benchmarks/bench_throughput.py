@@ -48,7 +48,7 @@ def build(model_name: str, config_name: str, batch_size: int, device, rows):
     model = model_cls(config).to(device).train()
     processor = training.build_processor(model_name, config)
     collator = syncmask_hf.FashionCollator(processor, mode=mode, seed=0)
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collator(rows[:batch_size]).items()}
+    batch = training.move_to_device(collator(rows[:batch_size]), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tasks = list(config.task_probs) if model_name == "fashionfae" else [None]
     return model, optimizer, batch, tasks
