@@ -282,12 +282,15 @@ def _check_sampler_epoch(product_ids, text_ids, batch_size, replicas, **kwargs):
         assert len(sampler) == len(shares[-1])
     assert len({len(s) for s in shares}) == 1  # every rank the same number of steps
     seen = [i for share in shares for b in share for i in b]
-    assert sorted(seen) == list(range(len(product_ids)))  # every item exactly once
+    # every item once: with drop_last, but the epoch's tail that could not fill a global batch (dropped and
+    # counted); without it, every item plus the padding that makes the tail's shares equal (counted)
+    assert len(set(seen)) + sampler.dropped_items == len(product_ids)
+    assert len(seen) == len(set(seen)) + sampler.padded_items
+    assert sampler.dropped_items < batch_size * replicas * 3 and sampler.padded_items < replicas * 3
     for step in range(len(shares[0])):  # the global batch (all ranks' shares) holds no two items of one product/text
         items = [i for share in shares for i in share[step]]
         assert len({product_ids[i] for i in items}) == len(items)
         assert len({text_ids[i] for i in items}) == len(items)
-    assert sampler.forced_duplicates == 0
     return shares
 
 
@@ -300,6 +303,12 @@ def test_grouped_sampler_every_item_once_and_no_same_product_negatives():
     one = _check_sampler_epoch(product_ids, text_ids, 8, 1, group_keys=groups)
     two = _check_sampler_epoch(product_ids, text_ids, 4, 2, group_keys=groups)
     assert len(one) == 1 and len(two) == 2
+    # equal shapes on every rank at every step (an all_gather of features needs them): with drop_last every
+    # share has batch_size items; without it the padded tail's shares are equal too
+    dropped = _check_sampler_epoch(product_ids, text_ids, 4, 2, group_keys=groups, drop_last=True)
+    assert {len(b) for share in dropped for b in share} == {4}
+    for step in range(len(two[0])):
+        assert len(two[0][step]) == len(two[1][step])
     # grouping: batches are purer in group key than a random split would be
     sampler = GroupedSemiHardBatchSampler(product_ids, 8, group_keys=groups, text_ids=text_ids)
     purity = np.mean([max(np.unique([groups[i] for i in b], return_counts=True)[1]) / len(b) for b in sampler])

@@ -3,16 +3,18 @@
 Batches are made of *similar* items (same group key such as the sub-category, or neighbours along a random
 direction of an embedding) so that in-batch ITC / ITM negatives are hard. Items that are *too* similar are false
 negatives: several images of one product share one text, and colour variants copy descriptions. Our rule (the paper
-does not pin it down): **no two items of one duplicate group are placed in one global batch**, where a duplicate
-group joins items that share a product id or an identical text id (transitively). Such items are deferred to the next
-batch of the same stream instead, so the batch keeps only semi-hard negatives, and every item is still yielded
-exactly once per epoch. (The models also exclude same-product / identical-text pairs from negatives, so a group
-that cannot be separated — more items than batches — is counted in `forced_duplicates`, not lost.)
+does not pin it down): **no two items that share a product id or an identical text id are placed in one global
+batch**. The rule is pairwise, never transitive: A and C may meet when A shares a text with B and B a product with C
+(a transitive union once chained 471 of 500 H&M items into one "duplicate" group and starved the batches). A
+conflicting item is deferred to the next batch of the same stream (tried first there), so the batch keeps only
+semi-hard negatives.
 
 Distributed: batches are built as *global* batches of `batch_size * num_replicas` (ITC gathers features across
 ranks, so the negatives that matter are the global ones) and each rank takes its own contiguous share; all ranks
-build the same global batches from `seed + epoch`. With `drop_last=False` the last partial global batch is split as
-evenly as possible (shares may differ by one item; use `drop_last=True` for equal shapes under all_gather).
+build the same global batches from `seed + epoch`, and every rank's share of a step has the same size. Only the
+tail of an epoch can leave global batches short (deferred items with nowhere else to go): with `drop_last=True`
+they are dropped and counted in `dropped_items`; with `drop_last=False` they are yielded, each padded to a multiple
+of `num_replicas` with items of the epoch's first batch (counted in `padded_items`, as `DistributedSampler` pads).
 
 With Accelerate, which shards a DataLoader's `batch_sampler` itself (process i takes batches i, i+n, ...), build the
 sampler with `num_replicas=accelerator.num_processes, all_ranks=True, drop_last=True` (Accelerate reshapes a
@@ -30,30 +32,24 @@ import torch
 from torch.utils.data import Sampler
 
 
-def _duplicate_groups(product_ids: Sequence[Hashable], text_ids: Sequence[Hashable] | None) -> np.ndarray:
-    """Union-find over items sharing a product id or a text id; returns a group index per item."""
-    n = len(product_ids)
-    parent = list(range(n))
+def _codes(values: Sequence[Hashable] | None, n: int) -> np.ndarray:
+    """Integer code per item (-1 for a missing key, which conflicts with nothing)."""
+    if values is None:
+        return np.full(n, -1, dtype=np.int64)
+    table: dict = {}
+    return np.array([-1 if v is None or v == "" else table.setdefault(v, len(table)) for v in values], dtype=np.int64)
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    for ids in (product_ids, text_ids):
-        if ids is None:
-            continue
-        first: dict = {}
-        for i, key in enumerate(ids):
-            if key is None or key == "":
-                continue
-            j = first.setdefault(key, i)
-            if j != i:
-                ri, rj = find(i), find(j)
-                if ri != rj:
-                    parent[ri] = rj
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
+def _admit(idx: int, batch: list, used_products: set, used_texts: set, products, texts) -> bool:
+    """Add item `idx` to `batch` unless its product or its (known) text is already there."""
+    if products[idx] in used_products or (texts[idx] >= 0 and texts[idx] in used_texts):
+        return False
+    batch.append(idx)
+    if products[idx] >= 0:
+        used_products.add(products[idx])
+    if texts[idx] >= 0:
+        used_texts.add(texts[idx])
+    return True
 
 
 class GroupedSemiHardBatchSampler(Sampler[list[int]]):
@@ -65,11 +61,13 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
         group_keys: optional similarity key per item (e.g. sub-category): items of one key are batched together.
         embeddings: optional (N, D) array used instead of `group_keys`: each epoch items are ordered by their
             projection on a random direction, so neighbours (similar items) share batches.
-        text_ids: optional identical-text id per item (e.g. the normalised text's hash), merged into duplicate groups.
+        text_ids: optional identical-text id per item (e.g. the normalised text's hash): items with equal text ids
+            are never in one global batch either.
         num_replicas, rank: the distributed world (default: torch.distributed's, else 1 / 0).
         shuffle: reshuffle groups and items every epoch (call `set_epoch`).
         seed: base seed shared by all ranks.
-        drop_last: drop the last incomplete global batch.
+        drop_last: drop incomplete global batches (counted in `dropped_items`); False pads them to a multiple of
+            `num_replicas` (counted in `padded_items`).
         all_ranks: yield all ranks' shares in rank order (for Accelerate's own sharding; see the module docstring).
     """
 
@@ -110,14 +108,16 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.all_ranks = all_ranks
         self.epoch = 0
-        self.duplicate_group = _duplicate_groups(product_ids, text_ids)
+        self.product_code = _codes(product_ids, n)
+        self.text_code = _codes(text_ids, n)
         self.group_keys = (
             None
             if group_keys is None
             else np.unique(np.asarray(group_keys, dtype=object).astype(str), return_inverse=True)[1]
         )
         self.embeddings = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
-        self.forced_duplicates = 0
+        self.dropped_items = 0
+        self.padded_items = 0
         self._cache: tuple[int, list[list[list[int]]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -137,37 +137,40 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
         return perm
 
     def _global_batches(self) -> list[list[int]]:
-        """Fill global batches along the order; an item whose duplicate group is already in the batch is carried
-        over to the next batch (tried first there), so batches hold at most one item per duplicate group."""
+        """Fill global batches along the order; an item whose product or text is already in the batch is carried
+        over to the next batch (tried first there). While the order lasts every batch is full; the short batches
+        of the tail are dropped (`drop_last`) or padded to a multiple of `num_replicas`."""
         rng = np.random.default_rng(self.seed + self.epoch)
         order = self._order(rng).tolist()
         size = self.batch_size * self.num_replicas
-        groups = self.duplicate_group
-        batches, carry, pos, forced = [], [], 0, 0
+        products, texts = self.product_code, self.text_code
+        batches, carry, pos = [], [], 0
         while pos < len(order) or carry:
-            batch, used, new_carry = [], set(), []
+            batch, used_products, used_texts, new_carry = [], set(), set(), []
             for idx in carry:
-                if len(batch) < size and groups[idx] not in used:
-                    batch.append(idx)
-                    used.add(groups[idx])
-                else:
+                if len(batch) >= size or not _admit(idx, batch, used_products, used_texts, products, texts):
                     new_carry.append(idx)
             while len(batch) < size and pos < len(order):
                 idx = order[pos]
                 pos += 1
-                if groups[idx] in used:
+                if not _admit(idx, batch, used_products, used_texts, products, texts):
                     new_carry.append(idx)
-                else:
-                    batch.append(idx)
-                    used.add(groups[idx])
-            if not batch:  # only duplicates of one group are left: unavoidable, keep them (counted)
-                batch, new_carry = new_carry[:size], new_carry[size:]
-                forced += len(batch) - 1
             carry = new_carry
-            batches.append(batch)
-        self.forced_duplicates = forced
-        if self.drop_last and batches and len(batches[-1]) < size:
-            batches.pop()
+            batches.append(batch)  # never empty: the first carried item always fits an empty batch
+        self.dropped_items = self.padded_items = 0
+        if self.drop_last:
+            self.dropped_items = sum(len(b) for b in batches if len(b) < size)
+            return [b for b in batches if len(b) == size]
+        first = batches[0] if batches else []
+        for batch in batches:
+            missing = -len(batch) % self.num_replicas
+            if missing:
+                # Pad from the first batch, preferring items that do not conflict with this one.
+                taken_p, taken_t = {products[i] for i in batch}, {texts[i] for i in batch}
+                free = [i for i in first if products[i] not in taken_p and texts[i] not in taken_t]
+                pool = free + [i for i in first if i not in free]
+                batch.extend((pool * (missing // max(len(pool), 1) + 1))[:missing])
+                self.padded_items += missing
         return batches
 
     def _rank_batches(self) -> list[list[list[int]]]:
@@ -175,14 +178,9 @@ class GroupedSemiHardBatchSampler(Sampler[list[int]]):
             return self._cache[1]
         per_rank: list[list[list[int]]] = [[] for _ in range(self.num_replicas)]
         for batch in self._global_batches():
-            if len(batch) < self.num_replicas:
-                if not per_rank[0]:
-                    raise ValueError(f"{len(batch)} items cannot be shared by {self.num_replicas} replicas")
-                for r, idx in enumerate(batch):  # too few to share: append one each to the previous batches
-                    per_rank[r][-1].append(idx)
-                continue
-            for r, chunk in enumerate(np.array_split(np.asarray(batch), self.num_replicas)):
-                per_rank[r].append(chunk.tolist())
+            share = len(batch) // self.num_replicas  # every batch is a multiple of num_replicas: equal shares
+            for r in range(self.num_replicas):
+                per_rank[r].append(batch[r * share : (r + 1) * share])
         self._cache = (self.epoch, per_rank)
         return per_rank
 
