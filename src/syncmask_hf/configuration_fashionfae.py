@@ -13,6 +13,7 @@ from transformers import BertConfig, PreTrainedConfig, ViTConfig
 
 FASHIONFAE_TASKS = ("itm", "itc", "mlm", "apir")
 APIR_TARGETS = ("vq", "teacher_features", "pixels")
+ITM_NEGATIVE_ROWS = ("random", "last")
 
 
 class FashionFAEConfig(PreTrainedConfig):
@@ -47,6 +48,13 @@ class FashionFAEConfig(PreTrainedConfig):
     apir_vq_tokenizer (`str`, optional): "module.path:factory" returning a frozen `nn.Module` that maps
         pixel_values (B,3,H,W) to codes (B, fusion_grid**2); built lazily, never saved with the weights.
     apir_vq_num_codes (`int`, 1024): size of the VQ codebook (the paper's tokenizer has 1024).
+    apir_contrastive_weight (`float`, 1.0): weight of APIR's contrastive term between the complete image's unimodal
+        embedding (mean of its ViT tokens) and the fused embedding of the masked image (mean of its visual states
+        after fusion), as in the authors' code; 0 = reconstruction only. The weight is our choice (the code's
+        default of 1). Plain MIM (`apir=False`) never has it.
+    itm_negative_rows (`str`, "random"): which rows get an ITM negative: "random" = a random `itm_negative_fraction`
+        of the batch each step (the authors' code); "last" = the last rows (the earlier behaviour, which ties the
+        negatives to the sampler's order).
     itm_hard_negatives (`bool`, True): ITM negatives are the ITC arg-max text (never the same product or an
         identical text); False = a random other text.
     itm_negative_fraction (`float`, 0.5): share of the batch whose text is replaced by a negative (paper: half).
@@ -79,6 +87,8 @@ class FashionFAEConfig(PreTrainedConfig):
         apir_target: str = "pixels",
         apir_vq_tokenizer: str | None = None,
         apir_vq_num_codes: int = 1024,
+        apir_contrastive_weight: float = 1.0,
+        itm_negative_rows: str = "random",
         itm_hard_negatives: bool = True,
         itm_negative_fraction: float = 0.5,
         task_probs: dict | None = None,
@@ -116,6 +126,8 @@ class FashionFAEConfig(PreTrainedConfig):
         self.apir_target = apir_target
         self.apir_vq_tokenizer = apir_vq_tokenizer
         self.apir_vq_num_codes = apir_vq_num_codes
+        self.apir_contrastive_weight = apir_contrastive_weight
+        self.itm_negative_rows = itm_negative_rows
         self.itm_hard_negatives = itm_hard_negatives
         self.itm_negative_fraction = itm_negative_fraction
         self.task_probs = (
@@ -194,6 +206,11 @@ class FashionFAEConfig(PreTrainedConfig):
                 self.apir_text_layer,
                 f"must be in [0, {layers - 1}] (text_config has {layers} layers)",
             )
+        if self.itm_negative_rows not in ITM_NEGATIVE_ROWS:
+            bad("itm_negative_rows", self.itm_negative_rows, f"choose one of {list(ITM_NEGATIVE_ROWS)}")
+        for field in ("aetp_contrastive_weight", "apir_contrastive_weight"):
+            if getattr(self, field) < 0:
+                bad(field, getattr(self, field), "must be >= 0")
         if self.apir_target not in APIR_TARGETS:
             bad("apir_target", self.apir_target, f"choose one of {list(APIR_TARGETS)}")
         if self.apir_target == "vq":

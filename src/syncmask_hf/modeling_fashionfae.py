@@ -122,23 +122,35 @@ def itm_pairs(
     text_ids: torch.Tensor | None = None,
     negative_fraction: float = 0.5,
     hard: bool = True,
+    rows: str = "random",
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FashionFAE's ITM pairs: the last `negative_fraction` of the batch gets a negative text, the ITC arg-max
-    text (`hard`) or a uniformly random one, never of the same product or with identical text (false negatives);
-    rows without any eligible text stay positive. Returns `(text_index, labels)`, label 1 = matched."""
+    """FashionFAE's ITM pairs: `negative_fraction` of the batch (a random subset, or the last rows with
+    `rows="last"`) gets a negative text, the ITC arg-max text (`hard`) or a uniformly random one, never of the same
+    product or with identical text (false negatives); rows without any eligible text stay positive. Returns
+    `(text_index, labels)`, label 1 = matched."""
     batch = image_embeds.shape[0]
-    rows = torch.arange(batch, device=image_embeds.device)
+    device = image_embeds.device
+    index = torch.arange(batch, device=device)
     if product_ids is None:
-        product_ids = rows
+        product_ids = index
     excluded = exclusion_mask(product_ids, product_ids, text_ids, text_ids)
     if hard:
         similarity = F.normalize(image_embeds.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).t()
     else:
-        similarity = torch.zeros(excluded.shape, device=image_embeds.device)
+        similarity = torch.zeros(excluded.shape, device=device)
     negative, valid = sample_negatives(similarity, excluded, hardest=hard)
     n_negative = int(round(batch * negative_fraction))
-    is_negative = (rows >= batch - n_negative) & valid
-    return torch.where(is_negative, negative, rows), (~is_negative).long()
+    if rows == "last":
+        chosen = index >= batch - n_negative
+    else:
+        # A random half: with the last rows, a sampler that orders a batch (e.g. by product) would always give the
+        # same kind of row a negative.
+        order = torch.randperm(batch, generator=generator).to(device)
+        chosen = torch.zeros(batch, dtype=torch.bool, device=device)
+        chosen[order[:n_negative]] = True
+    is_negative = chosen & valid
+    return torch.where(is_negative, negative, index), (~is_negative).long()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,7 +172,9 @@ class FashionFAEFusedCLS(nn.Module):
 
 
 def apir_fill(visual_tokens: torch.Tensor, cell_mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """Replace the masked cells of `visual_tokens` (B, 1 + G*G, D: CLS then cells) by `fill` (B, D)."""
+    """Replace the masked cells of `visual_tokens` (B, 1 + G*G, D: CLS then cells) by `fill` (B, D). The fill is
+    the same vector in every masked cell: call it before the position embeddings are added
+    (`FashionFAEModel.embed_visual`), so that the cells stay apart, as in the authors' code."""
     mask = F.pad(cell_mask, (1, 0), value=False).unsqueeze(-1)
     return torch.where(mask, fill.unsqueeze(1).expand_as(visual_tokens), visual_tokens)
 
@@ -277,7 +291,8 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
     """ViT image encoder + one BERT that encodes text alone (for ITC) and fuses [text; visual] in a single stream.
 
     Visual tokens for fusion are the ViT CLS plus the patch grid average-pooled to `fusion_grid` x `fusion_grid`,
-    projected to BERT's width, given token type 1 and layer-normed, then appended after the text embeddings.
+    projected to BERT's width (`project_visual`), given their own position embedding and token type 1 and
+    layer-normed (`embed_visual`), then appended after the text embeddings. APIR fills masked cells between the two.
     """
 
     def __init__(self, config: FashionFAEConfig):
@@ -287,6 +302,8 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
         self.vision_model = ViTModel(config.vision_config, add_pooling_layer=False, use_mask_token=True)
         self.text_model = BertModel(config.text_config, add_pooling_layer=False)
         self.visual_fusion_projection = nn.Linear(vision_width, text_width)
+        # Positions of [CLS, cell 0 .. cell G*G-1] in fusion; added after APIR's fill so masked cells differ.
+        self.visual_position_embeddings = nn.Embedding(1 + config.fusion_grid**2, text_width)
         self.visual_fusion_layernorm = nn.LayerNorm(text_width, eps=config.text_config.layer_norm_eps)
         self.visual_fusion_dropout = nn.Dropout(config.text_config.hidden_dropout_prob)
         self.visual_projection = nn.Linear(vision_width, config.embed_dim, bias=False)
@@ -340,17 +357,26 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
         return self.logit_scale.clamp(max=math.log(100.0))
 
     # -- fusion ---------------------------------------------------------------------------------------------------
-    def visual_tokens(self, vision_hidden: torch.Tensor) -> torch.Tensor:
-        """ViT states -> fusion tokens (B, 1 + G*G, Dt): CLS + grid-pooled patches, projected, token type 1."""
+    def project_visual(self, vision_hidden: torch.Tensor) -> torch.Tensor:
+        """ViT states -> (B, 1 + G*G, Dt): CLS + grid-pooled patches projected to BERT's width (no positions)."""
         grid, side = self.config.fusion_grid, self.config.patches_per_side
         cls, patches = vision_hidden[:, :1], vision_hidden[:, 1:]
         b, _, d = patches.shape
         patches = patches.transpose(1, 2).reshape(b, d, side, side)
         pooled = F.adaptive_avg_pool2d(patches, grid).flatten(2).transpose(1, 2)
-        tokens = self.visual_fusion_projection(torch.cat([cls, pooled], dim=1))
+        return self.visual_fusion_projection(torch.cat([cls, pooled], dim=1))
+
+    def embed_visual(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Projected visual tokens -> fusion inputs: + position embedding + token type 1, layer norm, dropout."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
         type_ids = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        tokens = tokens + self.visual_position_embeddings(positions)
         tokens = tokens + self.text_model.embeddings.token_type_embeddings(type_ids)
         return self.visual_fusion_dropout(self.visual_fusion_layernorm(tokens))
+
+    def visual_tokens(self, vision_hidden: torch.Tensor) -> torch.Tensor:
+        """ViT states -> fusion tokens (B, 1 + G*G, Dt): `embed_visual(project_visual(vision_hidden))`."""
+        return self.embed_visual(self.project_visual(vision_hidden))
 
     def run_text_layers(self, hidden: torch.Tensor, mask: torch.Tensor, start: int, end: int | None = None):
         """BERT layers [start, end) over `hidden` with a 2-D padding mask (gradient checkpointing per layer)."""
@@ -436,6 +462,7 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
         self.itm_head = nn.Linear(text_width, 2)
         self.aetp_projection = nn.Linear(text_width, config.embed_dim, bias=False)
         self.apir_fused_cls = FashionFAEFusedCLS(text_width, eps)
+        self.apir_projection = nn.Linear(text_width, config.embed_dim, bias=False)
         self.apir_head = nn.Sequential(
             nn.Linear(text_width, text_width),
             nn.GELU(),
@@ -513,7 +540,13 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
             image = base.visual_projection(vision_hidden.mean(1))
             text = base.get_text_features(input_ids, attention_mask).pooler_output
             text_index, labels = itm_pairs(
-                image, text, product_ids, text_ids, self.config.itm_negative_fraction, self.config.itm_hard_negatives
+                image,
+                text,
+                product_ids,
+                text_ids,
+                self.config.itm_negative_fraction,
+                self.config.itm_hard_negatives,
+                rows=self.config.itm_negative_rows,
             )
         fused = base.fuse_pair(input_ids[text_index], attention_mask[text_index], vision_hidden)
         logits = self.itm_head(fused[:, 0])
@@ -588,11 +621,13 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
         mean, var = pixels.mean(dim=-1, keepdim=True), pixels.var(dim=-1, keepdim=True)
         return (pixels - mean) / (var + 1e-6).sqrt()
 
-    def _apir_slot(self, pixel_values, input_ids, attention_mask, apir_labels):
+    def _apir_slot(self, pixel_values, input_ids, attention_mask, product_ids, apir_labels):
         """APIR (config.apir): block mask of `apir_num_masked` cells; the text runs `apir_text_layer` text-only
-        layers, the masked cells are filled with the fused CLS of that text CLS and the visual CLS, and the rest of
-        BERT fuses [text; visual]. Plain MIM (apir=False): the same number of random cells, ViT mask token only,
-        fusion from the first layer. Both predict the target of the masked cells."""
+        layers, the masked cells are filled with the fused CLS of that text CLS and the visual CLS, the position
+        embeddings are added after the fill, and the rest of BERT fuses [text; visual]. The loss is the masked
+        cells' reconstruction plus `apir_contrastive_weight` x a contrastive term between the complete image's
+        unimodal embedding and the masked image's fused visual mean (the authors' code). Plain MIM (apir=False):
+        the same number of random cells, ViT mask token only, fusion from the first layer, reconstruction only."""
         base, c = self.fashionfae, self.config
         batch, cells = pixel_values.shape[0], c.fusion_grid**2
         if c.apir:
@@ -601,18 +636,25 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
             eligible = torch.ones(batch, cells, dtype=torch.bool, device=pixel_values.device)
             cell_mask = random_mask(eligible, c.apir_num_masked / cells)
         target = self._apir_target(pixel_values, apir_labels)
-        visual = base.visual_tokens(base.encode_image(pixel_values, cell_mask))
+        projected = base.project_visual(base.encode_image(pixel_values, cell_mask))
         start = c.apir_text_layer if c.apir else 0
         text = base.run_text_layers(base.text_model.embeddings(input_ids=input_ids), attention_mask, 0, start)
         if c.apir:
-            visual = apir_fill(visual, cell_mask, self.apir_fused_cls(text[:, 0], visual[:, 0]))
-        fused = base.fuse(text, attention_mask, visual, start)
-        predictions = self.apir_head(fused[:, input_ids.shape[1] + 1 :][cell_mask])
+            projected = apir_fill(projected, cell_mask, self.apir_fused_cls(text[:, 0], projected[:, 0]))
+        fused = base.fuse(text, attention_mask, base.embed_visual(projected), start)
+        visual_states = fused[:, input_ids.shape[1] :]
+        predictions = self.apir_head(visual_states[:, 1:][cell_mask])
         target = target[cell_mask]
         if c.apir_target == "vq":
             loss = F.cross_entropy(predictions.float(), target)
         else:
             loss = F.mse_loss(predictions.float(), target.float())
+        if c.apir and c.apir_contrastive_weight > 0:
+            fused_image = F.normalize(self.apir_projection(visual_states.mean(dim=1)), dim=-1)
+            unimodal = F.normalize(base.get_image_features(pixel_values).pooler_output, dim=-1)
+            loss = loss + c.apir_contrastive_weight * clip_contrastive_loss(
+                fused_image, unimodal, base.itc_scale(), product_ids
+            )
         return loss, predictions, target, cell_mask
 
     def forward(
@@ -653,7 +695,7 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
             out["loss"] = out["loss_aetp" if use_aetp else "loss_mlm"] = loss
         else:
             loss, out["logits"], out["labels"], out["apir_mask"] = self._apir_slot(
-                pixel_values, input_ids, attention_mask, apir_labels
+                pixel_values, input_ids, attention_mask, product_ids, apir_labels
             )
             out["loss"] = out["loss_apir"] = loss
         return FashionFAEForPreTrainingOutput(**out)
