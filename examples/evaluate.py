@@ -208,7 +208,11 @@ def main(argv=None):
     if "retrieval" in args.tasks:
         subcategories = sorted({v for part in splits.values() for v in part["subcategory"] if v})
         collator = FashionCollator(
-            processor, mode=training.collator_mode(config), skip_bad=True, subcategory_label_map=subcategories
+            processor,
+            mode=training.collator_mode(config),
+            skip_bad=True,
+            subcategory_label_map=subcategories,
+            e2_text=getattr(config, "full_text", "tags_and_description"),
         )
         results.update(run_retrieval(args, model, config, split, collator))
         print(training.retrieval_summary_table(results))

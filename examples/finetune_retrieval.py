@@ -93,7 +93,13 @@ def main(argv=None):
         splits = training.load_catalog_splits(
             args.dataset, args.test_products, args.val_products, args.seed, skip_bad=skip
         )
-    collator = FashionCollator(processor, mode=training.collator_mode(config), skip_bad=skip, seed=args.seed)
+    collator = FashionCollator(
+        processor,
+        mode=training.collator_mode(config),
+        skip_bad=skip,
+        seed=args.seed,
+        e2_text=getattr(config, "full_text", "tags_and_description"),
+    )
     train, test = splits["train"], splits["test"]
     logger.info(f"{objective}: train {len(train)} items, test {len(test)} items", main_process_only=True)
 

@@ -48,6 +48,7 @@ from syncmask_hf.training import (
     TrainingBuffers,
     adopt_text_checkpoint,
     build_processor,
+    check_replicas,
     cosine_with_budget,
     cosine_with_warmup,
     find_checkpoint,
@@ -110,7 +111,8 @@ def parse_args(argv=None):
         "--learning_rate",
         type=float,
         default=None,
-        help="default: 5e-4 (E2; SyncMask and FashionFAE from scratch), 1e-4 (SyncMask, FashionFAE from checkpoints)",
+        help="default: 5e-4 (E2; SyncMask and FashionFAE with a random-init tower), 1e-4 (SyncMask, FashionFAE with "
+        "both towers from checkpoints)",
     )
     p.add_argument("--weight_decay", type=float, default=0.02)
     p.add_argument("--adam_epsilon", type=float, default=1e-8)
@@ -118,9 +120,17 @@ def parse_args(argv=None):
     p.add_argument("--max_grad_norm", type=float, default=5.0)
     p.add_argument(
         "--sampler",
-        choices=["default", "semi_hard", "random", "one_per_product"],
+        choices=["default", "curriculum", "semi_hard", "random", "one_per_product"],
         default="default",
-        help="default: semi_hard for SyncMask, one_per_product for E2, random for FashionFAE",
+        help="default: for SyncMask curriculum, or semi_hard when both towers start pretrained; one_per_product "
+        "for E2; random for FashionFAE. curriculum = random batches for --random_epochs epochs, then semi_hard",
+    )
+    p.add_argument(
+        "--random_epochs",
+        type=float,
+        default=1.0,
+        help="curriculum sampler: epochs of random batches before semi-hard ones (a model at step 0 cannot tell the "
+        "items of one sub-category apart, and SyncMask collapses on such batches)",
     )
     p.add_argument(
         "--e2_stage",
@@ -162,24 +172,43 @@ def parse_args(argv=None):
     return args
 
 
-def build_data(args, processor, mode, accelerator):
+def build_data(args, processor, mode, accelerator, config=None):
     sources = args.dataset or ["synthetic:2400"]
     skip = args.bad_items == "skip"
     with accelerator.main_process_first():
         splits = load_catalog_splits(sources, args.test_products, args.val_products, args.seed, skip_bad=skip)
     subcategories = sorted({v for part in splits.values() for v in part["subcategory"] if v})
     collator = syncmask_hf.FashionCollator(
-        processor, mode=mode, skip_bad=skip, seed=args.seed, subcategory_label_map=subcategories
+        processor,
+        mode=mode,
+        skip_bad=skip,
+        seed=args.seed,
+        subcategory_label_map=subcategories,
+        e2_text=getattr(config, "full_text", "tags_and_description"),
     )
     return splits, collator
+
+
+def sampler_kind(args, epoch: int) -> str:
+    """The batch sampler of `epoch`. SyncMask: a curriculum, random batches first, then semi-hard ones (batches of
+    one sub-category give a random-init model nothing it can contrast: ITC stays at chance and both towers collapse
+    within ~40 steps; random batches learn). With both towers pretrained, semi-hard from the start."""
+    kind = args.sampler
+    if kind == "default":
+        # Both towers must start trained: a random-init image tower cannot tell one sub-category's items apart either.
+        both_pretrained = bool(args.text_pretrained and args.vision_pretrained)
+        syncmask = "semi_hard" if both_pretrained else "curriculum"
+        kind = {"syncmask": syncmask, "e2": "one_per_product"}.get(args.model, "random")
+    if kind == "curriculum":
+        # Whole epochs only: the sampler is built once per epoch (a fractional count rounds up).
+        kind = "random" if epoch < math.ceil(args.random_epochs) else "semi_hard"
+    return kind
 
 
 def build_batch_sampler(args, train, accelerator, epoch):
     """Rank-aware batch samplers that cut the same global batches in every process (so N processes with batch B
     see exactly the batches one process with batch N*B would)."""
-    kind = args.sampler
-    if kind == "default":
-        kind = {"syncmask": "semi_hard", "e2": "one_per_product"}.get(args.model, "random")
+    kind = sampler_kind(args, epoch)
     common = dict(
         num_replicas=accelerator.num_processes, rank=accelerator.process_index, seed=args.seed, drop_last=True
     )
@@ -221,8 +250,14 @@ def main(argv=None):
         project_config=project,
         # Our batch samplers are rank-aware already: Accelerate must not shard their batches again.
         dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
-        # FashionFAE runs one task per step, so each step leaves the other tasks' heads without gradients.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.model == "fashionfae")],
+        # FashionFAE runs one task per step, so each step leaves the other tasks' heads without gradients; E2's
+        # stage 1 leaves the CLIP towers without them.
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                find_unused_parameters=args.model == "fashionfae"
+                or (args.model == "e2" and args.e2_stage in ("auto", "1", "both"))
+            )
+        ],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     set_seed(args.seed)
@@ -254,7 +289,7 @@ def main(argv=None):
         model = model_cls(config)
     processor = build_processor(args.model, config, text_source)
 
-    splits, collator = build_data(args, processor, mode, accelerator)
+    splits, collator = build_data(args, processor, mode, accelerator, config)
     train = splits["train"]
     logger.info(
         f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} ({accelerator.distributed_type}); train {len(train)} items, validation {len(splits['validation'])}, test {len(splits['test'])}",
@@ -262,19 +297,22 @@ def main(argv=None):
     )
 
     # ALBEF's 1e-4 is tuned for initialised encoders; from random init it leaves retrieval near chance in a few
-    # hundred steps, where 5e-4 learns (synthetic catalogue, 200-400 steps: examples/README.md).
-    from_checkpoints = bool(text_source or args.vision_pretrained)
+    # hundred steps, where 5e-4 learns (synthetic catalogue, 200-400 steps: examples/README.md). One random-init
+    # tower is enough to need the higher rate (SyncMask, MiniLM text + random ViT, 71 steps on the real catalogue:
+    # held-out T2I R@10 3.5x chance at 5e-4, 2.8x at 1e-4).
+    from_checkpoints = bool(text_source and args.vision_pretrained)
     lr = args.learning_rate or (1e-4 if from_checkpoints and args.model != "e2" else 5e-4)
     if args.e2_stage == "auto":
         # Two stages only make sense from a pretrained CLIP; a from-scratch tower trains everything from the start.
         args.e2_stage = "both" if args.vision_pretrained else "2"
     e2_two_stage = args.model == "e2" and args.e2_stage in ("1", "both")
-    if e2_two_stage:
-        model.freeze_pretrained(True)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=lr, eps=args.adam_epsilon)
 
     sampler0 = build_batch_sampler(args, train, accelerator, 0)
     steps_per_epoch = math.ceil(len(sampler0) / args.gradient_accumulation_steps)
+    if getattr(config, "alpha_warmup_epochs", None) is not None:
+        # SyncMask's distillation weight ramps over the first epoch(s) (ALBEF); only here are epochs known in steps.
+        model.config.alpha_warmup_steps = round(config.alpha_warmup_epochs * steps_per_epoch)
     budget = None
     if args.max_train_minutes and not (args.max_steps or args.num_epochs):
         # A time budget alone: the schedule runs over the budget's time, not over a guessed number of steps.
@@ -287,6 +325,11 @@ def main(argv=None):
             optimizer, args.warmup_steps, total_steps, num_processes=accelerator.num_processes
         )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if e2_two_stage:
+        # Frozen only after `prepare`: DDP registers (and all-reduces) just the parameters that require gradients
+        # when it wraps the model, so towers frozen before it would never be synchronised in stage 2.
+        accelerator.unwrap_model(model).freeze_pretrained(True)
+    checksums = {}
     accelerator.register_for_checkpointing(TrainingBuffers(accelerator.unwrap_model(model)))
     if hasattr(accelerator.unwrap_model(model), "task_sampler"):
         # FashionFAE's task sequence is part of an exact resume.
@@ -370,13 +413,13 @@ def main(argv=None):
             if budget is not None:
                 budget.spent = progress.train_seconds
             if e2_two_stage and args.e2_stage == "both" and not in_stage2 and stage2_due():
+                checksums[f"stage1_end_step{progress.global_step}"] = check_replicas(
+                    accelerator, model, f"E2 stage 1 end (step {progress.global_step})"
+                )
                 enter_e2_stage2(unwrapped, scheduler)
                 in_stage2 = True
-            logs = {
-                k: float(v.detach())
-                for k, v in outputs.items()
-                if k.startswith("loss") and isinstance(v, torch.Tensor) and v.numel() == 1
-            }
+            # Every scalar the model returns: the loss terms and diagnostics such as SyncMask's itm_negative_share.
+            logs = {k: float(v.detach()) for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
             logs["lr"] = scheduler.get_last_lr()[0]
             accelerator.log(logs, step=progress.global_step)
             bar.update(1)
@@ -388,6 +431,9 @@ def main(argv=None):
                 keys = [k for k in ("i2t_R@1", "t2i_R@1", "sumR") if k in val["full"]]
                 metrics = {f"val/{k}": val["full"][k] for k in keys}
                 metrics.update({f"val/sample100_{k}": val["sample100"][k] for k in keys})
+                # Collapse is visible in any run: mean pairwise cosines near 1 mean every item embeds alike.
+                metrics.update({f"val/{k}": v for k, v in val.get("spread", {}).items() if v is not None})
+                warn_if_collapsed(val, f"step {progress.global_step}")
                 accelerator.log(metrics, step=progress.global_step)
                 logger.info(
                     f"step {progress.global_step}: validation "
@@ -403,7 +449,9 @@ def main(argv=None):
         else:
             progress.epoch += 1
             progress.batches_in_epoch = 0
+            checksums[f"epoch{progress.epoch}_end"] = check_replicas(accelerator, model, f"epoch {progress.epoch} end")
     bar.close()
+    checksums["run_end"] = check_replicas(accelerator, model, f"run end (step {progress.global_step})")
     progress.skipped_items = int(getattr(collator, "num_skipped", 0))
     train_minutes = progress.train_seconds / 60
 
@@ -421,10 +469,13 @@ def main(argv=None):
             "samples_seen": progress.samples_seen,
             "train_minutes": round(train_minutes, 2),
             "skipped_bad_items": progress.skipped_items,
+            "num_processes": accelerator.num_processes,
+            "weight_checksums": checksums,
             "datasets": args.dataset or ["synthetic:2400"],
         }
         save_results(results, final / "eval_results.json")
         print(summary_table(results))
+        warn_if_collapsed(results, "held-out test products")
         if progress.skipped_items:
             print(f"skipped {progress.skipped_items} bad items (see the log for which)")
         print(f"model and processor saved to {final}")
@@ -469,6 +520,19 @@ def enter_e2_stage2(model, scheduler, scale_lr=True):
 
 def save_checkpoint(accelerator, args, progress, collator):
     training.save_checkpoint(accelerator, args.output_dir, progress, args.keep_checkpoints, collator)
+
+
+def warn_if_collapsed(results: dict, where: str, bound: float = 0.95) -> None:
+    """A loud line when the held-out embeddings have collapsed (mean pairwise cosine across products >= `bound`)."""
+    spread = results.get("spread") or {}
+    high = {k: v for k, v in spread.items() if v is not None and v >= bound}
+    if high:
+        logger.warning(
+            f"{where}: held-out embeddings look collapsed ({', '.join(f'{k} {v:.3f}' for k, v in high.items())}: "
+            "every item embeds nearly alike, so recall sits at chance); see examples/README.md on SyncMask's pooling "
+            "and sampler",
+            main_process_only=True,
+        )
 
 
 def summary_table(results: dict) -> str:

@@ -51,12 +51,12 @@ wait
 # The third SyncMask run goes side by side with SyncMask on the offline MiniLM text tower (pretrained text, vision
 # from scratch; ALBEF's 1e-4), so it shares the machine as the first two did.
 run syncmask_sync_plain "${SYNC[@]}" --sampler random &
-run syncmask_minilm_text "${SYNC[@]}" --text_pretrained minilm &
+run syncmask_minilm_text "${SYNC[@]}" --text_pretrained minilm --learning_rate 1e-4 &
 wait
 # FashionFAE's ablation again with the pretrained MiniLM as its fusion BERT (vision from scratch; 1e-4), closer to
 # the paper's start from BERT-base.
-run fashionfae_minilm_text "${FAE[@]}" --text_pretrained minilm &
-run fashionfae_minilm_text_plain "${FAE[@]}" --text_pretrained minilm --config_override '{"aetp": false, "apir": false}' &
+run fashionfae_minilm_text "${FAE[@]}" --text_pretrained minilm --learning_rate 1e-4 &
+run fashionfae_minilm_text_plain "${FAE[@]}" --text_pretrained minilm --learning_rate 1e-4 --config_override '{"aetp": false, "apir": false}' &
 wait
 caption e2 &
 caption e2_clip_ft &

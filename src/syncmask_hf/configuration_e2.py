@@ -63,6 +63,9 @@ class E2Config(PreTrainedConfig):
             heads. "clip": copies of CLIP's post-LayerNorm and visual projection, so E2 starts from CLIP's joint space
             (and, with the new parts off, equals CLIP exactly). "random": fresh heads, as in the authors' code.
             The paper does not say; this is our choice, "clip" by default.
+        full_text (`str`, defaults to "tags_and_description"): the text of the global contrastive loss, which the
+            collator builds (`FashionCollator(e2_text=...)`): the tag values followed by the description, as in the
+            authors' code; "description" = the description alone. The description entity is the description only.
         initializer_factor (`float`, defaults to 1.0): CLIP's init scale factor.
     """
 
@@ -85,6 +88,7 @@ class E2Config(PreTrainedConfig):
         use_fusion_blocks: bool | None = None,
         use_regional_loss: bool | None = None,
         projection_init: str = "clip",
+        full_text: str = "tags_and_description",
         initializer_factor: float = 1.0,
         **kwargs,
     ):
@@ -101,6 +105,7 @@ class E2Config(PreTrainedConfig):
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.entities = list(DEFAULT_ENTITIES if entities is None else entities)
+        self.full_text = full_text
         self.tokens_per_entity = tokens_per_entity
         self.gumbel_tau = gumbel_tau
         self.global_loss_weight = global_loss_weight
@@ -118,6 +123,10 @@ class E2Config(PreTrainedConfig):
         self._validate_e2()
 
     def _validate_e2(self) -> None:
+        if self.full_text not in ("tags_and_description", "description"):
+            raise ValueError(
+                f"E2Config.full_text={self.full_text!r}: choose 'tags_and_description' (the authors') or 'description'."
+            )
         entities = self.entities
         if not entities:
             raise ValueError("E2Config.entities is empty: give at least one tag entity, e.g. ['brand', 'season'].")

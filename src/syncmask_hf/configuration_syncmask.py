@@ -5,7 +5,7 @@ A ViT image encoder, a BERT text encoder whose first `num_text_layers` layers ar
 and the four objectives ITC + ITM + MLM + MIM with SyncMask's synchronized masks.
 
 Where the paper is silent (REFERENCE.md marks it "unverified") the choice is a field here, named below:
-`sync_attention_layers`, `sync_token_topk`, `mlm_ratio`, `mim_ratio`, `mim_target`, `near_duplicate_threshold`.
+`sync_attention_layers`, `sync_token_topk`, `mlm_ratio`, `mim_ratio`, `mim_target`, `near_duplicate_overlap`.
 
 Copied beside the modeling file for remote code: imports only transformers.
 """
@@ -16,6 +16,8 @@ from transformers import BertConfig, PreTrainedConfig, ViTConfig
 
 MASKING_STRATEGIES = ("synchronized", "random")
 MIM_TARGETS = ("pixels", "teacher_features")
+ITC_KEYS = ("student", "teacher")
+POOLINGS = ("mean", "cls")
 
 
 class SyncMaskConfig(PreTrainedConfig):
@@ -31,8 +33,21 @@ class SyncMaskConfig(PreTrainedConfig):
     momentum (`float`, 0.995): EMA factor of the teacher (see `SyncMaskForPreTraining.update_teacher`).
     queue_size (`int`, 65536): feature queue length for ITC (0 disables the queue).
     alpha (`float`, 0.4): weight of the teacher's soft targets in ITC (momentum distillation).
-    alpha_warmup_steps (`int`, 0): ramp alpha linearly from 0 over this many teacher updates (ALBEF ramps over the
-        first epoch: set it to the steps of one epoch; 0 = no ramp).
+    itc_keys (`str`, "teacher"): the in-batch columns ITC contrasts against. "teacher" = ALBEF (the momentum
+        teacher's features, so no gradient reaches the other tower through them); "student" = the student's own
+        gathered features (CLIP's in-batch loss), queued columns still the teacher's. The from-scratch presets
+        (`hub_configs/syncmask-*`) use "student": from scratch the teacher is as random as the student and ALBEF's
+        keys teach only through the slow EMA (synthetic catalogue, 240 steps: held-out text embeddings at mean
+        pairwise cosine 0.79 with "student", 0.98 with "teacher").
+    pooling (`str`, "cls"): the vector ITC embeds. "cls" = ALBEF ([CLS] of ViT and of the text stack), the default
+        so that ALBEF-style checkpoints and folders saved before this field keep their meaning; "mean" = the mean of
+        the patch tokens / of the attended text tokens, which the from-scratch presets use: with "cls" a
+        from-scratch model collapses (every held-out text embedding identical, recall at chance; see
+        `SyncMaskModel.pool_text`).
+    alpha_warmup_steps (`int`, 0): ramp alpha linearly from 0 over this many teacher updates (0 = no ramp).
+    alpha_warmup_epochs (`float` or None, 1.0): ALBEF's ramp: alpha rises from 0 over the first epoch. The training
+        scripts, which know the steps per epoch, set `alpha_warmup_steps` from it; None leaves `alpha_warmup_steps`
+        as given.
     masking_strategy (`str`, "synchronized"): "synchronized" = SyncMask's masks from the teacher's cross-attention;
         "random" = the baseline masking the same number of positions chosen uniformly (the paper's ablation).
     mlm_ratio (`float`, 0.15): fraction of eligible text tokens masked for MLM (BERT/ALBEF default; unverified).
@@ -45,10 +60,17 @@ class SyncMaskConfig(PreTrainedConfig):
     sync_attention_layers (`int`, 2): the teacher's cross-attention is averaged over heads and over the LAST this many
         fusion layers (unverified; our choice).
     sync_token_topk (`int`, 1): a token's score is the attention mass it puts on its `k` most attended patches
-        (k=1: its peak attention). A patch's score is the attention it receives from all eligible text tokens.
+        (k=1: its peak attention).
+    sync_patch_score (`str`, "sum"): a patch's score: "sum" = the attention it receives from all eligible text
+        tokens; "peak" = the most any one token gives it. The paper's wording allows both; "sum" is our choice.
     itc_weight, itm_weight, mlm_weight, mim_weight (`float`, 1.0): loss weights.
-    near_duplicate_threshold (`float` or None, 0.9): texts whose teacher embeddings have cosine >= this are
-        near-duplicates and never used as each other's ITM negatives (None: only same product / identical text).
+    near_duplicate_overlap (`float` or None, 0.8): texts whose token sets overlap this much or more (Jaccard,
+        `losses.token_overlap`, special tokens left out) are near-duplicates and never each other's ITM negatives,
+        besides same-product and identical-text pairs (None: those two only). Decided from the texts, not from an
+        encoder: the paper does not give the rule; ours, with 0.8 our choice.
+    near_duplicate_threshold (`float` or None, None): additionally exclude pairs whose *teacher* text embeddings
+        have cosine >= this. Only meaningful with a trained teacher: at initialisation a BERT [CLS] embeds every text
+        alike (cosine ~1.00), so any threshold would leave ITM without negatives.
     itm_rerank_k (`int`, 16): candidates ITC retrieves per query before ITM re-ranking in the retrieval head.
     num_categories, num_subcategories (`int`, 0): classes of the product classification head.
     save_teacher (`bool`, False): also write the momentum teacher in `save_pretrained` (to resume pretraining from a
@@ -73,7 +95,10 @@ class SyncMaskConfig(PreTrainedConfig):
     momentum: float = 0.995
     queue_size: int = 65536
     alpha: float = 0.4
+    itc_keys: str = "teacher"
+    pooling: str = "cls"
     alpha_warmup_steps: int = 0
+    alpha_warmup_epochs: float | None = 1.0
     masking_strategy: str = "synchronized"
     mlm_ratio: float = 0.15
     mim_ratio: float = 0.25
@@ -82,11 +107,13 @@ class SyncMaskConfig(PreTrainedConfig):
     mim_decoder_layers: int = 1
     sync_attention_layers: int = 2
     sync_token_topk: int = 1
+    sync_patch_score: str = "sum"
     itc_weight: float = 1.0
     itm_weight: float = 1.0
     mlm_weight: float = 1.0
     mim_weight: float = 1.0
-    near_duplicate_threshold: float | None = 0.9
+    near_duplicate_overlap: float | None = 0.8
+    near_duplicate_threshold: float | None = None
     itm_rerank_k: int = 16
     num_categories: int = 0
     num_subcategories: int = 0
@@ -111,6 +138,14 @@ class SyncMaskConfig(PreTrainedConfig):
 
         if self.masking_strategy not in MASKING_STRATEGIES:
             fail("masking_strategy", self.masking_strategy, f"use one of {MASKING_STRATEGIES}")
+        if self.itc_keys not in ITC_KEYS:
+            fail("itc_keys", self.itc_keys, f"use one of {ITC_KEYS}")
+        if self.pooling not in POOLINGS:
+            fail("pooling", self.pooling, f"use one of {POOLINGS}")
+        if self.sync_patch_score not in ("sum", "peak"):
+            fail("sync_patch_score", self.sync_patch_score, "use 'sum' or 'peak'")
+        if self.alpha_warmup_epochs is not None and float(self.alpha_warmup_epochs) < 0:
+            fail("alpha_warmup_epochs", self.alpha_warmup_epochs, "use a non-negative number of epochs, or None")
         if self.mim_target not in MIM_TARGETS:
             fail("mim_target", self.mim_target, f"use one of {MIM_TARGETS}")
         for name in ("num_text_layers", "num_fusion_layers"):
@@ -148,6 +183,8 @@ class SyncMaskConfig(PreTrainedConfig):
             fail(
                 "near_duplicate_threshold", self.near_duplicate_threshold, "use a cosine similarity in [-1, 1] or None"
             )
+        if self.near_duplicate_overlap is not None and not 0.0 < float(self.near_duplicate_overlap) <= 1.0:
+            fail("near_duplicate_overlap", self.near_duplicate_overlap, "use a token-set overlap in (0, 1] or None")
         if self.queue_size and self.queue_size < 0:
             fail("queue_size", self.queue_size, "use 0 (no queue) or a positive size")
         text_hidden, text_heads = self.text_config.hidden_size, self.text_config.num_attention_heads

@@ -124,6 +124,31 @@ def clip_contrastive_loss(
     return contrastive_loss(logits_i2t, logits_t2i, targets, targets)
 
 
+def token_overlap(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids=()) -> torch.Tensor:
+    """Jaccard overlap of the token *sets* of every pair of texts in a batch: (B, B) in [0, 1], 1 on the diagonal.
+
+    Near-duplicate texts (a colour variant's description with one word changed, a title copied with a size
+    suffix) are decided from the texts themselves, never from an encoder's embeddings: at initialisation an
+    encoder's [CLS] embeds every text alike (cosine ~1), which would mark every pair a near-duplicate. Attended
+    tokens other than `special_ids` count; a text with no such token overlaps nothing but itself.
+    """
+    keep = attention_mask.bool()
+    for token_id in special_ids:
+        keep &= input_ids != token_id
+    b = input_ids.shape[0]
+    # Multi-hot over the token ids present in the batch only (a (B, distinct) matrix, not (B, vocab)).
+    vocab, inverse = torch.unique(input_ids[keep], return_inverse=True)
+    hot = torch.zeros(b, max(1, vocab.numel()), device=input_ids.device)
+    rows = torch.arange(b, device=input_ids.device).unsqueeze(1).expand_as(input_ids)[keep]
+    hot[rows, inverse] = 1.0
+    inter = hot @ hot.t()
+    sizes = hot.sum(dim=1)
+    union = sizes.unsqueeze(1) + sizes.unsqueeze(0) - inter
+    overlap = torch.where(union > 0, inter / union.clamp(min=1.0), torch.zeros_like(inter))
+    overlap.fill_diagonal_(1.0)
+    return overlap
+
+
 def exclusion_mask(
     row_product_ids: torch.Tensor,
     col_product_ids: torch.Tensor,
@@ -135,8 +160,8 @@ def exclusion_mask(
     """Pairs that must never serve as negatives: same product, identical text, or near-duplicate text.
 
     These are the false negatives of a fashion catalogue (one text shared by several images of one product, or
-    copy-pasted descriptions across colour variants). `text_similarity` is the cosine similarity between the rows'
-    and the columns' texts; pairs above `near_duplicate_threshold` are excluded too.
+    copy-pasted descriptions across colour variants). `text_similarity` is a similarity between the rows' and the
+    columns' texts (e.g. `token_overlap`); pairs at or above `near_duplicate_threshold` are excluded too.
     """
     excluded = same_id_mask(row_product_ids, col_product_ids)
     if row_text_ids is not None and col_text_ids is not None:

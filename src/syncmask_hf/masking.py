@@ -103,6 +103,7 @@ def synchronized_scores(
     patch_eligible: torch.Tensor | None = None,
     num_prefix_tokens: int = 1,
     token_topk: int = 1,
+    patch_score: str = "sum",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SyncMask's scores of every text token and image patch from text->image cross-attention.
 
@@ -111,7 +112,8 @@ def synchronized_scores(
     and heads, giving A (B, L, P). Then
       - token score[t] = sum of A[t, p] over the `token_topk` patches token t attends to most (k=1: its peak
         attention): a token scores high when it looks strongly at a specific region;
-      - patch score[p] = sum over eligible tokens t of A[t, p]: how much the text as a whole looks at the patch.
+      - patch score[p] = sum over eligible tokens t of A[t, p] (`patch_score="sum"`): how much the text as a whole
+        looks at the patch; or its peak, the max over eligible tokens (`"peak"`): how strongly one word looks at it.
     Ineligible tokens (special / padding) and patches get -inf. Returns `(token_scores (B, L), patch_scores (B, P))`.
     """
     if isinstance(cross_attentions, torch.Tensor):
@@ -122,7 +124,14 @@ def synchronized_scores(
     attn = attn * patch_eligible.unsqueeze(1)
     k = min(token_topk, attn.shape[-1])
     token_scores = attn.topk(k, dim=-1).values.sum(dim=-1).masked_fill(~text_eligible, float("-inf"))
-    patch_scores = (attn * text_eligible.unsqueeze(-1)).sum(dim=1).masked_fill(~patch_eligible, float("-inf"))
+    if patch_score == "sum":
+        patch_scores = (attn * text_eligible.unsqueeze(-1)).sum(dim=1)
+    elif patch_score == "peak":
+        patch_scores = attn.masked_fill(~text_eligible.unsqueeze(-1), float("-inf")).amax(dim=1)
+        patch_scores = patch_scores.clamp(min=0.0)  # a row without eligible tokens: 0, not -inf, for every patch
+    else:
+        raise ValueError(f"patch_score must be 'sum' or 'peak', got {patch_score!r}")
+    patch_scores = patch_scores.masked_fill(~patch_eligible, float("-inf"))
     return token_scores, patch_scores
 
 
@@ -134,6 +143,7 @@ def synchronized_masks(
     mim_ratio: float = 0.25,
     num_prefix_tokens: int = 1,
     token_topk: int = 1,
+    patch_score: str = "sum",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SyncMask (CVPR 2024): mask the text tokens and image patches that attend most strongly to each other.
 
@@ -144,7 +154,7 @@ def synchronized_masks(
     Returns `(token_mask (B, L), patch_mask (B, P), token_scores, patch_scores)`.
     """
     token_scores, patch_scores = synchronized_scores(
-        cross_attentions, text_eligible, patch_eligible, num_prefix_tokens, token_topk
+        cross_attentions, text_eligible, patch_eligible, num_prefix_tokens, token_topk, patch_score
     )
     if patch_eligible is None:
         patch_eligible = torch.ones_like(patch_scores, dtype=torch.bool)

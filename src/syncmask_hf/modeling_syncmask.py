@@ -32,11 +32,15 @@ from .losses import (
     contrastive_loss,
     exclusion_mask,
     gather_no_grad,
+    gather_with_grad,
     itm_loss,
     masked_lm_loss,
     multi_positive_targets,
+    positive_targets,
     rank_offset,
+    same_id_mask,
     sample_negatives,
+    token_overlap,
 )
 from .masking import apply_token_mask, eligible_tokens, random_mask, synchronized_masks
 from .momentum import FeatureQueue, ema_update, make_teacher
@@ -62,14 +66,16 @@ class SyncMaskModelOutput(ModelOutput):
 
 @dataclass
 class SyncMaskForPreTrainingOutput(ModelOutput):
-    """`loss` = weighted sum of the four terms. Masks and the scores they came from are set with `output_masks`
-    (scores are None for the random strategy)."""
+    """`loss` = weighted sum of the four terms. `itm_negative_share`: the share of ITM rows (images and texts) that
+    found a negative; near 0 means ITM learns "always match". Masks and the scores they came from are set with
+    `output_masks` (scores are None for the random strategy)."""
 
     loss: torch.FloatTensor | None = None
     loss_itc: torch.FloatTensor | None = None
     loss_itm: torch.FloatTensor | None = None
     loss_mlm: torch.FloatTensor | None = None
     loss_mim: torch.FloatTensor | None = None
+    itm_negative_share: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     token_mask: torch.BoolTensor | None = None
@@ -236,11 +242,28 @@ class SyncMaskModel(SyncMaskPreTrainedModel):
                 hook.remove()
         return hidden, tuple(maps)
 
-    def embed_image(self, image_hidden: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.vision_proj(image_hidden[:, 0]), dim=-1)
+    def pool_image(self, image_hidden: torch.Tensor) -> torch.Tensor:
+        """The image's summary vector: ViT's [CLS] (ALBEF, `pooling="cls"`) or the mean of its patch tokens."""
+        if self.config.pooling == "cls":
+            return image_hidden[:, 0]
+        return image_hidden[:, 1:].mean(dim=1)
 
-    def embed_text(self, text_hidden: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_proj(text_hidden[:, 0]), dim=-1)
+    def pool_text(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The text's summary vector: BERT's [CLS] (ALBEF) or the mean over its attended tokens. Why the mean is
+        the default: from scratch, [CLS] after a shallow text stack is nearly the same vector for every text
+        (cosine >= 0.999 after 150 steps on H&M) and ITC cannot leave that point; token means differ per text."""
+        if self.config.pooling == "cls":
+            return text_hidden[:, 0]
+        if attention_mask is None:
+            return text_hidden.mean(dim=1)
+        weights = attention_mask.to(text_hidden.dtype).unsqueeze(-1)
+        return (text_hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def embed_image(self, image_hidden: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(self.pool_image(image_hidden)), dim=-1)
+
+    def embed_text(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.text_proj(self.pool_text(text_hidden, attention_mask)), dim=-1)
 
     # -- public API
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -251,7 +274,7 @@ class SyncMaskModel(SyncMaskPreTrainedModel):
         """L2-normalised text embeddings (B, embed_dim) in the ITC space."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return self.embed_text(self.encode_text(input_ids, attention_mask))
+        return self.embed_text(self.encode_text(input_ids, attention_mask), attention_mask)
 
     def itm_logits(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor, attention_mask: torch.Tensor):
         fused, _ = self.fuse(text_hidden, attention_mask, image_hidden)
@@ -290,7 +313,7 @@ class SyncMaskModel(SyncMaskPreTrainedModel):
                 attention_mask = torch.ones_like(input_ids)
             text_hidden = self.encode_text(input_ids, attention_mask)
             out.text_last_hidden_state = text_hidden
-            out.text_embeds = self.embed_text(text_hidden)
+            out.text_embeds = self.embed_text(text_hidden, attention_mask)
         if image_hidden is not None and text_hidden is not None:
             temp = self.temp.clamp(self.config.temp_min, self.config.temp_max)
             out.logits_per_image = out.image_embeds @ out.text_embeds.t() / temp
@@ -462,34 +485,62 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         start = int(self.num_samples_seen) * max(1, _world_size()) + rank_offset(batch)
         return -(2 + start + torch.arange(batch, device=device))
 
-    def _itc_loss(self, image_feat, text_feat, t_image_feat, t_text_feat, ids, alpha):
+    def _itc_loss(self, image_feat, text_feat, t_image_feat, t_text_feat, ids, alpha, text_ids=None):
+        """ITC against in-batch (and queued) columns. Positives: the same product and, in the batch, an identical
+        text (`text_ids`): a description copied onto several products is not a negative of itself."""
         temp = self.syncmask.temp
         with torch.no_grad():
             col_ids = gather_no_grad(ids)
+            same_text = None if text_ids is None else same_id_mask(text_ids, gather_no_grad(text_ids))
             t_image_all = gather_no_grad(t_image_feat)
             t_text_all = gather_no_grad(t_text_feat)
             if self.config.queue_size > 0:
                 col_ids = torch.cat([col_ids, self.queue.ids()])
                 t_image_all = torch.cat([t_image_all, self.queue.get("image")])
                 t_text_all = torch.cat([t_text_all, self.queue.get("text")])
-            targets = multi_positive_targets(ids, col_ids)
+            positives = same_id_mask(ids, col_ids)
+            if same_text is not None:  # queued columns carry no text ids: product ids only there
+                positives[:, : same_text.shape[1]] |= same_text
+            targets = positive_targets(positives)
             distill_i2t = distill_t2i = None
             if alpha > 0:
                 distill_i2t = F.softmax(t_image_feat @ t_text_all.t() / temp, dim=1)
                 distill_t2i = F.softmax(t_text_feat @ t_image_all.t() / temp, dim=1)
-        logits_i2t = image_feat @ t_text_all.t() / temp
-        logits_t2i = text_feat @ t_image_all.t() / temp
+        if self.config.itc_keys == "student":
+            # In-batch columns are the student's own features (gathered with gradients, as CLIP), queued columns
+            # the teacher's: both towers get a learning signal even while the teacher is still untrained.
+            text_cols, image_cols = gather_with_grad(text_feat), gather_with_grad(image_feat)
+            if self.config.queue_size > 0:
+                text_cols = torch.cat([text_cols, self.queue.get("text")])
+                image_cols = torch.cat([image_cols, self.queue.get("image")])
+        else:
+            text_cols, image_cols = t_text_all, t_image_all
+        logits_i2t = image_feat @ text_cols.t() / temp
+        logits_t2i = text_feat @ image_cols.t() / temp
         return contrastive_loss(logits_i2t, logits_t2i, targets, targets, distill_i2t, distill_t2i, alpha)
 
-    def _itm_loss(self, image_hidden, text_hidden, attention_mask, image_feat, text_feat, t_text_feat, ids, text_ids):
+    def itm_exclusions(self, input_ids, attention_mask, ids, text_ids, t_text_feat=None) -> torch.Tensor:
+        """(B, B) pairs never used as ITM negatives: same product, identical text, near-duplicate text (token overlap
+        >= `near_duplicate_overlap`) and, only when `near_duplicate_threshold` is set, teacher-embedding cosine."""
+        cfg = self.config
+        excluded = exclusion_mask(ids, ids, text_ids, text_ids)
+        if cfg.near_duplicate_overlap is not None:
+            overlap = token_overlap(input_ids, attention_mask, cfg.special_token_ids)
+            excluded |= overlap >= cfg.near_duplicate_overlap
+        if cfg.near_duplicate_threshold is not None and t_text_feat is not None:
+            excluded |= (t_text_feat @ t_text_feat.t()) >= cfg.near_duplicate_threshold
+        return excluded
+
+    def _itm_loss(
+        self, image_hidden, text_hidden, input_ids, attention_mask, image_feat, text_feat, t_text_feat, ids, text_ids
+    ):
         """ITM with one semi-hard negative text per image and one negative image per text, sampled from the ITC
-        similarity while never picking the same product, an identical text, or a near-duplicate text."""
+        similarity while never picking the same product, an identical text, or a near-duplicate text. Returns the
+        loss and the share of rows that found a negative."""
         m = self.syncmask
         with torch.no_grad():
             sim = image_feat @ text_feat.t() / m.temp
-            excluded = exclusion_mask(
-                ids, ids, text_ids, text_ids, t_text_feat @ t_text_feat.t(), self.config.near_duplicate_threshold
-            )
+            excluded = self.itm_exclusions(input_ids, attention_mask, ids, text_ids, t_text_feat)
             neg_text, valid_text = sample_negatives(sim, excluded)  # per image row
             neg_image, valid_image = sample_negatives(sim.t(), excluded.t())  # per text row
         b = image_hidden.shape[0]
@@ -499,7 +550,8 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         logits = m.itm_logits(images, texts, masks)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         labels[:b] = 1
-        return itm_loss(logits, labels)
+        share = torch.cat([valid_text, valid_image]).float().mean()
+        return itm_loss(logits, labels), share
 
     def _masks(self, input_ids, attention_mask, patch_eligible, teacher_image_hidden, teacher_text_hidden):
         cfg = self.config
@@ -520,6 +572,7 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
             cfg.mim_ratio,
             num_prefix_tokens=1,
             token_topk=cfg.sync_token_topk,
+            patch_score=cfg.sync_patch_score,
         )
 
     def _mlm_loss(self, input_ids, attention_mask, token_mask, image_hidden):
@@ -590,14 +643,14 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
 
         image_hidden = m.encode_image(pixel_values)
         text_hidden = m.encode_text(input_ids, attention_mask)
-        image_feat, text_feat = m.embed_image(image_hidden), m.embed_text(text_hidden)
+        image_feat, text_feat = m.embed_image(image_hidden), m.embed_text(text_hidden, attention_mask)
         with torch.no_grad():
             m.temp.clamp_(cfg.temp_min, cfg.temp_max)
             t_image_hidden = self.teacher.encode_image(pixel_values)
             t_text_hidden = self.teacher.encode_text(input_ids, attention_mask)
             t_image_feat, t_text_feat = (
                 self.teacher.embed_image(t_image_hidden),
-                self.teacher.embed_text(t_text_hidden),
+                self.teacher.embed_text(t_text_hidden, attention_mask),
             )
 
         output = SyncMaskForPreTrainingOutput(image_embeds=image_feat, text_embeds=text_feat)
@@ -610,9 +663,9 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         if not return_loss:
             return output
 
-        output.loss_itc = self._itc_loss(image_feat, text_feat, t_image_feat, t_text_feat, ids, alpha)
-        output.loss_itm = self._itm_loss(
-            image_hidden, text_hidden, attention_mask, image_feat, text_feat, t_text_feat, ids, text_ids
+        output.loss_itc = self._itc_loss(image_feat, text_feat, t_image_feat, t_text_feat, ids, alpha, text_ids)
+        output.loss_itm, output.itm_negative_share = self._itm_loss(
+            image_hidden, text_hidden, input_ids, attention_mask, image_feat, text_feat, t_text_feat, ids, text_ids
         )
         output.loss_mlm = self._mlm_loss(input_ids, attention_mask, token_mask, image_hidden)
         output.loss_mim = self._mim_loss(pixel_values, patch_mask, text_hidden, attention_mask, t_image_hidden)
@@ -657,7 +710,7 @@ class SyncMaskForImageTextRetrieval(SyncMaskPreTrainedModel):
     @torch.no_grad()
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.syncmask.encode_text(input_ids, attention_mask)
-        return self.syncmask.embed_text(hidden), hidden
+        return self.syncmask.embed_text(hidden, attention_mask), hidden
 
     @torch.no_grad()
     def _rerank(self, similarity, query_hidden, gallery_hidden, attention_mask, query_is_text, k):
@@ -691,7 +744,7 @@ class SyncMaskForImageTextRetrieval(SyncMaskPreTrainedModel):
         m = self.syncmask
         image_hidden, text_hidden = m.encode_image(pixel_values), m.encode_text(input_ids, attention_mask)
         logits = m.itm_logits(image_hidden, text_hidden, attention_mask)
-        similarity = (m.embed_image(image_hidden) * m.embed_text(text_hidden)).sum(dim=-1)
+        similarity = (m.embed_image(image_hidden) * m.embed_text(text_hidden, attention_mask)).sum(dim=-1)
         loss = itm_loss(logits, labels) if labels is not None else None
         return SyncMaskRetrievalOutput(
             loss=loss, itm_logits=logits, itm_score=logits.softmax(dim=-1)[:, 1], similarity=similarity

@@ -336,6 +336,7 @@ class FashionProcessor(ProcessorMixin):
             "entity_valid",
             "token_roles",
             "attribute_ids",
+            "word_ids",
             "product_ids",
             "text_ids",
         ]
@@ -595,8 +596,10 @@ class FashionProcessor(ProcessorMixin):
             return_special_tokens_mask=True,
             return_token_type_ids=False,
         )
-        roles, attribute_ids = [], []
+        roles, attribute_ids, word_ids = [], [], []
         for i, spans in enumerate(spans_per_row):
+            # The tokenizer's word index per token (-1 for special / padding): AETP masks whole title words.
+            word_ids.append([-1 if w is None else w for w in encoded.word_ids(i)])
             row_roles, row_attrs = [], []
             for (start, end), special, attended in zip(
                 encoded["offset_mapping"][i], encoded["special_tokens_mask"][i], encoded["attention_mask"][i]
@@ -618,6 +621,7 @@ class FashionProcessor(ProcessorMixin):
             "attention_mask": encoded["attention_mask"],
             "token_roles": roles,
             "attribute_ids": attribute_ids,
+            "word_ids": word_ids,
         }
 
 
@@ -685,9 +689,13 @@ class FashionCollator:
         category_label_map / subcategory_label_map: name -> class index (or a list of names) to add
             `category_labels` / `subcategory_labels` (-100 when unknown or not in the map).
         seed: seed of the template shuffle in `"fae"` mode (per batch, from the seed and its items: exact in any worker and after a resume).
+        e2_text: the global text of `"e2"` mode: `"tags_and_description"` (the authors' code: the values of the
+            processor's entities other than the description, then the row text) or `"description"` (the row text
+            alone). The description entity is the row's `description` column, else its text, either way.
     """
 
     MODES = ("pairs", "e2", "fae")
+    E2_TEXTS = ("tags_and_description", "description")
 
     def __init__(
         self,
@@ -699,9 +707,13 @@ class FashionCollator:
         seed: int | None = None,
         return_tensors: str = "pt",
         max_logged: int = 1000,
+        e2_text: str = "tags_and_description",
     ):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if e2_text not in self.E2_TEXTS:
+            raise ValueError(f"e2_text must be one of {self.E2_TEXTS}, got {e2_text!r}")
+        self.e2_text = e2_text
         self.processor = processor
         self.mode = mode
         self.skip_bad = skip_bad
@@ -752,6 +764,13 @@ class FashionCollator:
             return random.Random()
         keys = "|".join(str(row.get("item_id") or row.get("product_id") or "") for row in rows)
         return random.Random(stable_id(f"{self.seed}|{keys}"))
+
+    def e2_full_text(self, attrs: Mapping[str, Any], text: str) -> str:
+        """E2's global text: the tag values (the processor's entities but the description, in their order), then
+        the row text, e.g. "H&M. Summer. Dresses. Sleeveless jersey dress ..."."""
+        tags = [self.processor._value(attrs, name) for name in self.processor.entities if name != "description"]
+        tags = [tag for tag in tags if tag]
+        return ". ".join([*tags, text]) if tags else text
 
     def _skip(self, error: FashionInputError, reason: str):
         with self._skipped.get_lock():
@@ -837,11 +856,15 @@ class FashionCollator:
             # text_ids hash the row text itself, so FAE's shuffled templates do not make equal texts differ
             text_ids = [stable_id(normalize_text(t)) for t in texts]
         else:
-            for attrs, text in zip(attributes, texts):
-                attrs.setdefault("description", text)
+            model_texts = texts
+            if self.mode == "e2":
+                for attrs, text in zip(attributes, texts):
+                    attrs.setdefault("description", text)
+                if self.e2_text == "tags_and_description":
+                    model_texts = [self.e2_full_text(attrs, text) for attrs, text in zip(attributes, texts)]
             batch = self.processor(
                 images=images,
-                text=texts,
+                text=model_texts,
                 attributes=attributes if self.mode == "e2" else None,
                 product_ids=product_keys,
                 text_format="plain",

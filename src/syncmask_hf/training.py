@@ -204,6 +204,37 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def weight_checksums(model: nn.Module) -> torch.Tensor:
+    """One float64 sum per floating-point tensor of the state dict (weights, the EMA teacher, buffers): equal
+    vectors on two processes mean their replicas agree, to the last bit in practice."""
+    values = [t.detach().double().sum() for t in model.state_dict().values() if torch.is_floating_point(t)]
+    return torch.stack(values) if values else torch.zeros(1, dtype=torch.float64)
+
+
+def check_replicas(accelerator, model: nn.Module, where: str) -> float:
+    """Under several processes, fail loudly unless every rank holds the same weights (a parameter DDP does not
+    synchronise drifts apart silently otherwise). Returns the main process' total checksum, which is logged."""
+    sums = weight_checksums(accelerator.unwrap_model(model)).to(accelerator.device)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather
+
+        every = gather(sums.unsqueeze(0)).view(accelerator.num_processes, -1)
+        differ = (every != every[0]).any(dim=0)
+        if differ.any():
+            names = [k for k, t in accelerator.unwrap_model(model).state_dict().items() if torch.is_floating_point(t)]
+            bad = [names[i] for i in differ.nonzero().flatten().tolist()[:5]]
+            raise RuntimeError(
+                f"{where}: the {accelerator.num_processes} processes hold different weights ({int(differ.sum())} "
+                f"tensors differ, e.g. {bad}): a parameter is not synchronised by DDP"
+            )
+    total = float(sums.sum())
+    if accelerator.is_main_process:
+        logging.getLogger(__name__).info(
+            f"{where}: weight checksum {total:.10e}, equal on all {accelerator.num_processes} process(es)"
+        )
+    return total
+
+
 def move_to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -404,7 +435,14 @@ def retrieval_summary_table(results: dict, title: str | None = None) -> str:
         row["chance_R@1"] = results["chance"]["full_R@1" if name.startswith("full") else "sample100_R@1"]
     if title is None:
         title = f"held-out products ({results['full']['num_text_gallery']} texts, {results['full']['num_image_gallery']} images; sample-100 with {results['sample100']['num_negatives']} negatives)"
-    return format_results_markdown(rows, title=title)
+    table = format_results_markdown(rows, title=title)
+    spread = results.get("spread")
+    if spread:  # near 1.0 = every item embeds alike (collapsed), whatever the recall says
+        table += (
+            f"\nembedding spread (mean pairwise cosine across products): images {spread['image_mean_cosine']}, "
+            f"texts {spread['text_mean_cosine']}\n"
+        )
+    return table
 
 
 # ----------------------------------------------------------------------------------------------------------------

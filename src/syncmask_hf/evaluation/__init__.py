@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .captioning import bleu4, caption_metrics, cider_d, corpus_bleu, rouge_l, tokenize
 from .classification import classification_accuracy, linear_probe
-from .evaluator import RetrievalEmbeddings, RetrievalEvaluator
+from .evaluator import RetrievalEmbeddings, RetrievalEvaluator, embedding_spread, mean_pairwise_cosine
 from .faiss_index import EmbeddingIndex
 from .report import format_results_markdown, save_results
 from .retrieval import deduplicate_texts, recall_at_k, retrieval_recall, sample100_recall
@@ -37,8 +37,10 @@ __all__ = [
     "classification_accuracy",
     "corpus_bleu",
     "deduplicate_texts",
+    "embedding_spread",
     "format_results_markdown",
     "linear_probe",
+    "mean_pairwise_cosine",
     "recall_at_k",
     "retrieval_recall",
     "rouge_l",

@@ -14,6 +14,37 @@ from ..features import features_tensor
 from .retrieval import retrieval_recall, sample100_recall
 
 
+def mean_pairwise_cosine(embeds: torch.Tensor, groups: np.ndarray | None = None, max_items: int = 4096) -> float:
+    """Mean cosine similarity between the rows of `embeds` over all pairs of distinct rows (of distinct `groups`,
+    e.g. products, when given): the spread of an embedding space. Near 1.0 every item embeds alike (a collapsed
+    model, whatever its recall says); a trained space sits well below. At most `max_items` rows (evenly spaced) are
+    used, so the cost stays bounded on large galleries."""
+    x = torch.nn.functional.normalize(embeds.float(), dim=-1)
+    rows = np.arange(x.shape[0])
+    if groups is not None:  # one row per group: several images of one product are not "pairs" of the spread
+        _, first = np.unique(np.asarray(groups).astype(str), return_index=True)
+        rows = np.sort(first)
+    if len(rows) > max_items:
+        rows = rows[np.linspace(0, len(rows) - 1, max_items).astype(int)]
+    x = x[torch.as_tensor(rows)]
+    n = x.shape[0]
+    if n < 2:
+        return float("nan")
+    total = x.sum(dim=0)
+    # sum over i != j of <x_i, x_j> = |sum x|^2 - sum |x_i|^2 (= n for unit rows)
+    return float(((total @ total) - n) / (n * (n - 1)))
+
+
+def embedding_spread(embeddings: RetrievalEmbeddings) -> dict[str, float | None]:
+    """Mean pairwise cosine of the image and of the text embeddings across distinct products (None for fewer than
+    two products)."""
+    out = {}
+    for name, embeds in (("image", embeddings.image_embeds), ("text", embeddings.text_embeds)):
+        value = mean_pairwise_cosine(embeds, embeddings.product_ids)
+        out[f"{name}_mean_cosine"] = None if value != value else round(value, 4)
+    return out
+
+
 def _column(batch: Mapping, key: str, n: int) -> list | None:
     if key not in batch or batch[key] is None:
         return None
@@ -134,7 +165,8 @@ class RetrievalEvaluator:
                 ``num_queries``, ``seed``).
 
         Returns:
-            ``{"full": {...}, "sample100": {...}}``, ready for :func:`format_results_markdown` / :func:`save_results`.
+            ``{"full": {...}, "sample100": {...}, "spread": {...}}``, ready for :func:`format_results_markdown` /
+            :func:`save_results`; ``spread`` is :func:`embedding_spread` (mean pairwise cosines: near 1 = collapsed).
         """
         unknown = set(protocols) - {"full", "sample100"}
         if unknown:
@@ -161,4 +193,5 @@ class RetrievalEvaluator:
                 **common,
                 **(sample100_kwargs or {}),
             )
+        results["spread"] = embedding_spread(e)
         return results
