@@ -199,6 +199,34 @@ def test_syncmask_alpha_ramps_over_the_first_epoch_in_pretrain(tmp_path):
     assert config["alpha_warmup_epochs"] == 1.0 and config["alpha_warmup_steps"] > 0
 
 
+def test_syncmask_mlm_distillation_is_a_switch_and_alpha_ramps(catalog):
+    model, collator = build("syncmask", alpha_warmup_steps=4, alpha_warmup_epochs=None)
+    batch = collator([catalog[i] for i in range(8)])
+    # ALBEF's ramp: alpha rises linearly from 0 to config.alpha over alpha_warmup_steps teacher updates
+    ramp = []
+    for _ in range(6):
+        ramp.append(model.current_alpha())
+        model.update_teacher()
+    assert ramp == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
+    # a teacher that differs from the student (as after training), so its soft targets differ from the labels
+    with torch.no_grad():
+        for p in model.teacher_mlm_head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+    def mlm(**overrides):
+        for k, v in overrides.items():
+            setattr(model.config, k, v)
+        torch.manual_seed(3)
+        return float(model(**batch, alpha=0.4).loss_mlm.detach())
+
+    distilled, plain = mlm(distill_mlm=True), mlm(distill_mlm=False)
+    assert abs(distilled - plain) > 1e-3, (distilled, plain)
+    # alpha 0 is plain MLM whatever the switch says
+    torch.manual_seed(3)
+    model.config.distill_mlm = True
+    assert float(model(**batch, alpha=0.0).loss_mlm.detach()) == pytest.approx(plain, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------- FashionFAE
 def test_fashionfae_apir_predictions_differ_between_masked_cells(catalog):
     model, collator = build("fashionfae")
@@ -270,7 +298,12 @@ def test_fashionfae_every_task_learns_and_embeddings_spread(catalog):
     # the four tasks in turn, one per step (pretraining draws them from config.task_probs); 120 steps each
     history = train_steps(model, collator, catalog, train, steps=480, lr=5e-4, task=("itc", "itm", "mlm", "apir"))
     # measured (first 5 -> last 5 steps of each task): ITC 2.81 -> 1.73, AETP 13.0 -> 5.7, APIR 3.86 -> 1.47
-    for task, key in (("itc", "loss_itc"), ("mlm", "loss_aetp"), ("apir", "loss_apir")):
+    for task, key in (
+        ("itc", "loss_itc"),
+        ("mlm", "loss_aetp"),
+        ("apir", "loss_apir"),
+        ("apir", "loss_apir_contrastive"),
+    ):
         start, end = early_late([h for h in history if h["task"] == task], key, k=5)
         assert end < 0.9 * start, (task, start, end)
     # ITM, as SyncMask's, barely moves from scratch at this budget (0.691 -> 0.689, ln 2 = 0.693): an open item

@@ -32,7 +32,10 @@ class SyncMaskConfig(PreTrainedConfig):
     temp (`float`, 0.07): initial learnable temperature of ITC, clamped to [`temp_min`, `temp_max`] (ALBEF).
     momentum (`float`, 0.995): EMA factor of the teacher (see `SyncMaskForPreTraining.update_teacher`).
     queue_size (`int`, 65536): feature queue length for ITC (0 disables the queue).
-    alpha (`float`, 0.4): weight of the teacher's soft targets in ITC (momentum distillation).
+    alpha (`float`, 0.4): weight of the teacher's soft targets in ITC and MLM (momentum distillation).
+    distill_mlm (`bool`, True): MLM's targets mix the one-hot label with the teacher's prediction for the same
+        masked input, `(1 - alpha) * CE(label) + alpha * CE(teacher's softmax)`, as ALBEF's MLM; False = plain MLM.
+        The teacher's MLM head (`teacher_mlm_head`) is an EMA copy of the student's, saved with the teacher.
     itc_keys (`str`, "teacher"): the in-batch columns ITC contrasts against. "teacher" = ALBEF (the momentum
         teacher's features, so no gradient reaches the other tower through them); "student" = the student's own
         gathered features (CLIP's in-batch loss), queued columns still the teacher's. The from-scratch presets
@@ -99,6 +102,7 @@ class SyncMaskConfig(PreTrainedConfig):
     pooling: str = "cls"
     alpha_warmup_steps: int = 0
     alpha_warmup_epochs: float | None = 1.0
+    distill_mlm: bool = True
     masking_strategy: str = "synchronized"
     mlm_ratio: float = 0.15
     mim_ratio: float = 0.25

@@ -207,7 +207,8 @@ class FashionFAEForPreTrainingOutput(ModelOutput):
     """One pre-training step: `task` is the task run ("itc", "itm", "mlm", "aetp" or "apir"); the loss of each
     task not run is None. `logits`: ITM logits (B, 2), MLM/AETP logits at the masked tokens (n_masked, V) or APIR
     predictions (n_masked, target_dim); `labels`: the targets (MLM/AETP: (B, L), -100 where unmasked, so `logits` are the rows of `labels != -100`);
-    `apir_mask`: (B, G*G) masked cells."""
+    `apir_mask`: (B, G*G) masked cells; `loss_apir_contrastive`: APIR's contrastive term alone (unweighted; part of
+    `loss_apir`), None when it is off."""
 
     loss: torch.FloatTensor | None = None
     task: str | None = None
@@ -216,6 +217,7 @@ class FashionFAEForPreTrainingOutput(ModelOutput):
     loss_mlm: torch.FloatTensor | None = None
     loss_aetp: torch.FloatTensor | None = None
     loss_apir: torch.FloatTensor | None = None
+    loss_apir_contrastive: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     labels: torch.Tensor | None = None
     apir_mask: torch.BoolTensor | None = None
@@ -649,13 +651,13 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
             loss = F.cross_entropy(predictions.float(), target)
         else:
             loss = F.mse_loss(predictions.float(), target.float())
+        contrastive = None
         if c.apir and c.apir_contrastive_weight > 0:
             fused_image = F.normalize(self.apir_projection(visual_states.mean(dim=1)), dim=-1)
             unimodal = F.normalize(base.get_image_features(pixel_values).pooler_output, dim=-1)
-            loss = loss + c.apir_contrastive_weight * clip_contrastive_loss(
-                fused_image, unimodal, base.itc_scale(), product_ids
-            )
-        return loss, predictions, target, cell_mask
+            contrastive = clip_contrastive_loss(fused_image, unimodal, base.itc_scale(), product_ids)
+            loss = loss + c.apir_contrastive_weight * contrastive
+        return loss, predictions, target, cell_mask, contrastive
 
     def forward(
         self,
@@ -694,7 +696,7 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
             out["task"] = "aetp" if use_aetp else "mlm"
             out["loss"] = out["loss_aetp" if use_aetp else "loss_mlm"] = loss
         else:
-            loss, out["logits"], out["labels"], out["apir_mask"] = self._apir_slot(
+            loss, out["logits"], out["labels"], out["apir_mask"], out["loss_apir_contrastive"] = self._apir_slot(
                 pixel_values, input_ids, attention_mask, product_ids, apir_labels
             )
             out["loss"] = out["loss_apir"] = loss

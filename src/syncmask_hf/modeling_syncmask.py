@@ -40,6 +40,7 @@ from .losses import (
     rank_offset,
     same_id_mask,
     sample_negatives,
+    soft_cross_entropy,
     token_overlap,
 )
 from .masking import apply_token_mask, eligible_tokens, random_mask, synchronized_masks
@@ -126,6 +127,20 @@ def _fusion_config(config: SyncMaskConfig):
     return fusion_config
 
 
+@torch.no_grad()
+def _lerp_by_name(teacher: nn.Module, student: nn.Module, weight: float) -> None:
+    """teacher <- teacher + weight * (student - teacher), parameter by parameter *name*. For the MLM heads, whose
+    decoder is tied to the word embeddings in the student but a plain copy in the teacher (and re-tied on load), so
+    their de-duplicated parameter lists need not line up; a tensor shared inside the teacher is updated once."""
+    source = dict(student.named_parameters(remove_duplicate=False))
+    seen = set()
+    for name, t in teacher.named_parameters(remove_duplicate=False):
+        if id(t) not in seen:
+            seen.add(id(t))
+            value = source[name].detach().to(t.dtype)
+            t.copy_(value) if weight == 1.0 else t.lerp_(value, weight)  # a copy is exact, a lerp by 1 need not be
+
+
 def _extended_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, L) 0/1 mask -> (B, 1, 1, L) additive mask for eager attention."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
@@ -150,8 +165,9 @@ class SyncMaskPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["BertLayer", "ViTLayer", "ViTEmbeddings", "BertEmbeddings"]
-    _keys_to_ignore_on_load_missing = [r"^teacher\."]
-    _keys_to_ignore_on_load_unexpected = [r"^teacher\."]
+    # The momentum teacher and its MLM head are training state, saved only with `config.save_teacher`.
+    _keys_to_ignore_on_load_missing = [r"^teacher(_mlm_head)?\."]
+    _keys_to_ignore_on_load_unexpected = [r"^teacher(_mlm_head)?\."]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -335,7 +351,8 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
     Training loop contract: after each `optimizer.step()` call `model.update_teacher()` (with Accelerate:
     `accelerator.unwrap_model(model).update_teacher()`), once per optimizer step, not per micro-batch.
 
-    The teacher (`self.teacher`, a frozen `SyncMaskModel`) is always in eval mode (deterministic attention maps and
+    The teacher (`self.teacher`, a frozen `SyncMaskModel`, and `self.teacher_mlm_head`) is always in eval mode
+    (deterministic attention maps and
     targets). It is not written by `save_pretrained` unless `config.save_teacher=True`; without it, loading copies the
     student into the teacher. The queues are non-persistent buffers (training state).
     """
@@ -368,6 +385,9 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         self.post_init()
         self.teacher = make_teacher(self.syncmask)
         self.teacher.eval()
+        # ALBEF's momentum MLM head: the soft targets of MLM distillation (`config.distill_mlm`).
+        self.teacher_mlm_head = make_teacher(self.mlm_head)
+        self.teacher_mlm_head.eval()
 
     # -- teacher management
     @torch.no_grad()
@@ -385,11 +405,14 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
             t.copy_(s)
         for t, s in zip(self.teacher.buffers(), self.syncmask.buffers()):
             t.copy_(s)
+        _lerp_by_name(self.teacher_mlm_head, self.mlm_head, 1.0)
 
     @torch.no_grad()
     def update_teacher(self, momentum: float | None = None) -> None:
         """EMA step: teacher <- m * teacher + (1 - m) * student. Call once per optimizer step."""
-        ema_update(self.teacher, self.syncmask, self.config.momentum if momentum is None else momentum)
+        momentum = self.config.momentum if momentum is None else momentum
+        ema_update(self.teacher, self.syncmask, momentum)
+        _lerp_by_name(self.teacher_mlm_head, self.mlm_head, 1.0 - momentum)
         self.num_teacher_updates += 1
 
     def current_alpha(self) -> float:
@@ -400,16 +423,18 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if hasattr(self, "teacher"):
-            self.teacher.eval()
+        for name in ("teacher", "teacher_mlm_head"):
+            if hasattr(self, name):
+                getattr(self, name).eval()
         return self
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         model = super().from_pretrained(*args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
-        loaded.teacher.requires_grad_(False)  # loading re-creates parameters; the teacher stays frozen
-        loaded.teacher.eval()
+        for teacher in (loaded.teacher, loaded.teacher_mlm_head):
+            teacher.requires_grad_(False)  # loading re-creates parameters; the teacher stays frozen
+            teacher.eval()
         if not loaded.config.save_teacher:
             loaded.sync_teacher()
         return model
@@ -424,7 +449,9 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         auto_map.setdefault("AutoModel", f"{SyncMaskModel.__module__.rsplit('.', 1)[-1]}.SyncMaskModel")
         self.config.auto_map = auto_map
         if state_dict is None and not self.config.save_teacher:
-            state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+            state_dict = {
+                k: v for k, v in self.state_dict().items() if not k.startswith(("teacher.", "teacher_mlm_head."))
+            }
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     @classmethod
@@ -575,7 +602,9 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
             patch_score=cfg.sync_patch_score,
         )
 
-    def _mlm_loss(self, input_ids, attention_mask, token_mask, image_hidden):
+    def _mlm_loss(self, input_ids, attention_mask, token_mask, image_hidden, teacher_image_hidden=None, alpha=0.0):
+        """MLM on the masked text fused with the image; with `distill_mlm` and alpha > 0, ALBEF's distillation:
+        `(1 - alpha) * CE(label) + alpha * CE(teacher's softmax on the same masked input)`."""
         cfg = self.config
         masked_ids, labels = apply_token_mask(input_ids, token_mask, cfg.mask_token_id, cfg.text_config.vocab_size)
         fused, _ = self.syncmask.fuse(
@@ -585,7 +614,16 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         if not selected.any():
             return fused.sum() * 0.0
         # The vocabulary projection only at masked positions: the same loss as over all positions, far cheaper.
-        return masked_lm_loss(self.mlm_head(fused[selected]), labels[selected])
+        logits = self.mlm_head(fused[selected])
+        loss = masked_lm_loss(logits, labels[selected])
+        if cfg.distill_mlm and alpha > 0 and teacher_image_hidden is not None:
+            with torch.no_grad():
+                t_fused, _ = self.teacher.fuse(
+                    self.teacher.encode_text(masked_ids, attention_mask), attention_mask, teacher_image_hidden
+                )
+                soft = F.softmax(self.teacher_mlm_head(t_fused[selected]).float(), dim=-1)
+            loss = (1 - alpha) * loss + alpha * soft_cross_entropy(logits, soft)
+        return loss
 
     def _mim_loss(self, pixel_values, patch_mask, text_hidden, attention_mask, teacher_image_hidden):
         """Masked image + unmasked text: the masked image's tokens cross-attend to the text fused with it, then a
@@ -667,7 +705,7 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         output.loss_itm, output.itm_negative_share = self._itm_loss(
             image_hidden, text_hidden, input_ids, attention_mask, image_feat, text_feat, t_text_feat, ids, text_ids
         )
-        output.loss_mlm = self._mlm_loss(input_ids, attention_mask, token_mask, image_hidden)
+        output.loss_mlm = self._mlm_loss(input_ids, attention_mask, token_mask, image_hidden, t_image_hidden, alpha)
         output.loss_mim = self._mim_loss(pixel_values, patch_mask, text_hidden, attention_mask, t_image_hidden)
         output.loss = (
             cfg.itc_weight * output.loss_itc
