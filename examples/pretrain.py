@@ -205,6 +205,15 @@ def sampler_kind(args, epoch: int) -> str:
     return kind
 
 
+def epoch_steps(args, train, accelerator) -> int:
+    """Optimizer steps in `--num_epochs` epochs, counted epoch by epoch: the curriculum's random and semi-hard
+    epochs differ in length (the semi-hard sampler drops the tail it cannot fill)."""
+    return sum(
+        math.ceil(len(build_batch_sampler(args, train, accelerator, epoch)) / args.gradient_accumulation_steps)
+        for epoch in range(args.num_epochs)
+    )
+
+
 def build_batch_sampler(args, train, accelerator, epoch):
     """Rank-aware batch samplers that cut the same global batches in every process (so N processes with batch B
     see exactly the batches one process with batch N*B would)."""
@@ -320,7 +329,7 @@ def main(argv=None):
         total_steps = math.inf
         scheduler = cosine_with_budget(optimizer, args.warmup_steps, budget, accelerator.num_processes)
     else:
-        total_steps = args.max_steps or (args.num_epochs * steps_per_epoch if args.num_epochs else 200)
+        total_steps = args.max_steps or (epoch_steps(args, train, accelerator) if args.num_epochs else 200)
         scheduler = cosine_with_warmup(
             optimizer, args.warmup_steps, total_steps, num_processes=accelerator.num_processes
         )

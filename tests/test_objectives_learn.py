@@ -347,3 +347,27 @@ def test_e2_learns_without_collapse(catalog):
     assert mean_pairwise_cosine(image) < 0.9 and mean_pairwise_cosine(text) < 0.9
     recall, chance = t2i_recall_and_chance(image, text, products)
     assert recall > 2 * chance, (recall, chance)
+
+
+def test_syncmask_sampler_curriculum_random_then_semi_hard_and_epoch_steps(catalog):
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_script", Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(["--model", "syncmask", "--num_epochs", "3", "--batch_size", "16"])
+    # from scratch: random batches for --random_epochs (1), then semi-hard ones
+    assert [script.sampler_kind(args, e) for e in range(3)] == ["random", "semi_hard", "semi_hard"]
+    pretrained = script.parse_args(["--model", "syncmask", "--text_pretrained", "minilm", "--vision_pretrained", "v"])
+    assert script.sampler_kind(pretrained, 0) == "semi_hard"
+    one_tower = script.parse_args(["--model", "syncmask", "--text_pretrained", "minilm"])
+    assert script.sampler_kind(one_tower, 0) == "random"  # a random-init image tower needs the curriculum too
+    # the schedule's length counts each epoch's own sampler (the semi-hard one drops a tail)
+    accelerator = SimpleNamespace(num_processes=1, process_index=0)
+    train = catalog.select(range(400))
+    lengths = [len(script.build_batch_sampler(args, train, accelerator, e)) for e in range(3)]
+    assert lengths[0] == 400 // 16 and lengths[1] <= lengths[0]
+    assert script.epoch_steps(args, train, accelerator) == sum(lengths)
