@@ -223,9 +223,10 @@ def check_replicas(accelerator, model: nn.Module, where: str) -> float:
         if differ.any():
             names = [k for k, t in accelerator.unwrap_model(model).state_dict().items() if torch.is_floating_point(t)]
             bad = [names[i] for i in differ.nonzero().flatten().tolist()[:5]]
+            totals = [f"{float(t):.10e}" for t in every.sum(dim=1)]
             raise RuntimeError(
                 f"{where}: the {accelerator.num_processes} processes hold different weights ({int(differ.sum())} "
-                f"tensors differ, e.g. {bad}): a parameter is not synchronised by DDP"
+                f"tensors differ, e.g. {bad}; total checksum per rank {totals}): a parameter is not synchronised by DDP"
             )
     total = float(sums.sum())
     if accelerator.is_main_process:
