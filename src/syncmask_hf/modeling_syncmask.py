@@ -127,20 +127,6 @@ def _fusion_config(config: SyncMaskConfig):
     return fusion_config
 
 
-@torch.no_grad()
-def _lerp_by_name(teacher: nn.Module, student: nn.Module, weight: float) -> None:
-    """teacher <- teacher + weight * (student - teacher), parameter by parameter *name*. For the MLM heads, whose
-    decoder is tied to the word embeddings in the student but a plain copy in the teacher (and re-tied on load), so
-    their de-duplicated parameter lists need not line up; a tensor shared inside the teacher is updated once."""
-    source = dict(student.named_parameters(remove_duplicate=False))
-    seen = set()
-    for name, t in teacher.named_parameters(remove_duplicate=False):
-        if id(t) not in seen:
-            seen.add(id(t))
-            value = source[name].detach().to(t.dtype)
-            t.copy_(value) if weight == 1.0 else t.lerp_(value, weight)  # a copy is exact, a lerp by 1 need not be
-
-
 def _extended_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, L) 0/1 mask -> (B, 1, 1, L) additive mask for eager attention."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
@@ -265,8 +251,8 @@ class SyncMaskModel(SyncMaskPreTrainedModel):
         return image_hidden[:, 1:].mean(dim=1)
 
     def pool_text(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The text's summary vector: BERT's [CLS] (ALBEF) or the mean over its attended tokens. Why the mean is
-        the default: from scratch, [CLS] after a shallow text stack is nearly the same vector for every text
+        """The text's summary vector: BERT's [CLS] (ALBEF) or the mean over its attended tokens. Why the presets
+        use the mean: from scratch, [CLS] after a shallow text stack is nearly the same vector for every text
         (cosine >= 0.999 after 150 steps on H&M) and ITC cannot leave that point; token means differ per text."""
         if self.config.pooling == "cls":
             return text_hidden[:, 0]
@@ -352,8 +338,7 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
     `accelerator.unwrap_model(model).update_teacher()`), once per optimizer step, not per micro-batch.
 
     The teacher (`self.teacher`, a frozen `SyncMaskModel`, and `self.teacher_mlm_head`) is always in eval mode
-    (deterministic attention maps and
-    targets). It is not written by `save_pretrained` unless `config.save_teacher=True`; without it, loading copies the
+    (deterministic attention maps and targets). It is not written by `save_pretrained` unless `config.save_teacher=True`; without it, loading copies the
     student into the teacher. The queues are non-persistent buffers (training state).
     """
 
@@ -405,14 +390,14 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
             t.copy_(s)
         for t, s in zip(self.teacher.buffers(), self.syncmask.buffers()):
             t.copy_(s)
-        _lerp_by_name(self.teacher_mlm_head, self.mlm_head, 1.0)
+        ema_update(self.teacher_mlm_head, self.mlm_head, 0.0)  # momentum 0: an exact copy
 
     @torch.no_grad()
     def update_teacher(self, momentum: float | None = None) -> None:
         """EMA step: teacher <- m * teacher + (1 - m) * student. Call once per optimizer step."""
         momentum = self.config.momentum if momentum is None else momentum
         ema_update(self.teacher, self.syncmask, momentum)
-        _lerp_by_name(self.teacher_mlm_head, self.mlm_head, 1.0 - momentum)
+        ema_update(self.teacher_mlm_head, self.mlm_head, momentum)
         self.num_teacher_updates += 1
 
     def current_alpha(self) -> float:

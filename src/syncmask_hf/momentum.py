@@ -23,17 +23,23 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter name.
 
     Buffers (e.g. position ids) are copied as they are. Written as a lerp so that a momentum of 1 leaves the
-    teacher bit-identical and a momentum of 0 copies the student exactly.
+    teacher bit-identical and a momentum of 0 copies the student exactly. Matched by name, not by position: a head
+    whose weight the student ties to another module (SyncMask's MLM decoder and the word embeddings) is a plain
+    copy in the teacher, so the two de-duplicated parameter lists need not line up; a tensor shared inside the
+    teacher is updated once.
     """
-    teacher_params = list(teacher.parameters())
-    student_params = list(student.parameters())
-    if len(teacher_params) != len(student_params):
-        raise ValueError("teacher and student have different parameter lists; was the teacher built by make_teacher?")
-    for t, s in zip(teacher_params, student_params):
-        t.lerp_(s.detach().to(t.dtype), 1.0 - momentum)
+    source = dict(student.named_parameters(remove_duplicate=False))
+    done = set()
+    for name, t in teacher.named_parameters(remove_duplicate=False):
+        if id(t) in done:
+            continue
+        if name not in source:
+            raise ValueError(f"the student has no parameter {name!r}; was the teacher built by make_teacher?")
+        done.add(id(t))
+        t.lerp_(source[name].detach().to(t.dtype), 1.0 - momentum)
 
 
 class FeatureQueue(nn.Module):
