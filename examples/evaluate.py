@@ -212,7 +212,7 @@ def main(argv=None):
             mode=training.collator_mode(config),
             skip_bad=True,
             subcategory_label_map=subcategories,
-            e2_text=getattr(config, "full_text", "tags_and_description"),
+            e2_text=training.e2_text(config),
         )
         results.update(run_retrieval(args, model, config, split, collator))
         print(training.retrieval_summary_table(results))

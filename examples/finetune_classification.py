@@ -166,7 +166,7 @@ def main(argv=None):
         seed=args.seed,
         category_label_map=maps.get("category"),
         subcategory_label_map=maps.get("subcategory"),
-        e2_text=getattr(config, "full_text", "tags_and_description"),
+        e2_text=training.e2_text(config),
     )
     logger.info(
         f"{head} head, tasks {list(tasks)} ({ {k: len(v) for k, v in maps.items()} } classes): train {len(train)}, "

@@ -98,7 +98,7 @@ def main(argv=None):
         mode=training.collator_mode(config),
         skip_bad=skip,
         seed=args.seed,
-        e2_text=getattr(config, "full_text", "tags_and_description"),
+        e2_text=training.e2_text(config),
     )
     train, test = splits["train"], splits["test"]
     logger.info(f"{objective}: train {len(train)} items, test {len(test)} items", main_process_only=True)

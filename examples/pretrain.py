@@ -51,6 +51,7 @@ from syncmask_hf.training import (
     check_replicas,
     cosine_with_budget,
     cosine_with_warmup,
+    e2_text,
     find_checkpoint,
     load_catalog_splits,
     model_classes,
@@ -184,7 +185,7 @@ def build_data(args, processor, mode, accelerator, config=None):
         skip_bad=skip,
         seed=args.seed,
         subcategory_label_map=subcategories,
-        e2_text=getattr(config, "full_text", "tags_and_description"),
+        e2_text=e2_text(config),
     )
     return splits, collator
 

@@ -6,11 +6,9 @@ rank the same batch size at every step on the real catalogues."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from test_pretrain import ENV, SCRIPT, free_port
+from test_pretrain import torchrun
 from transformers import CLIPConfig, CLIPModel
 
 import syncmask_hf
@@ -33,16 +31,6 @@ COMMON = [
 ]
 
 
-def torchrun(args, timeout=240):
-    """pretrain.py under two gloo processes; a hang fails at `timeout` instead of blocking the suite."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(free_port()), str(SCRIPT), *args]
-    proc = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "on 2 processes" in proc.stderr  # a real gloo group, not two lone processes
-    return proc
-
-
 def checksums(output_dir):
     results = json.loads((output_dir / "final" / "eval_results.json").read_text())
     assert results["training"]["num_processes"] == 2
@@ -62,7 +50,7 @@ def test_e2_two_stages_keep_every_rank_identical(tmp_path):
     ).save_pretrained(clip)
     out = tmp_path / "run"
     args = ["--model", "e2", "--vision_pretrained", str(clip), "--e2_stage", "both", "--max_steps", "5"]
-    proc = torchrun([*args, *COMMON, "--output_dir", str(out)])
+    proc = torchrun([*args, *COMMON, "--output_dir", str(out)], timeout=240)
     sums = checksums(out)
     # one check at the switch to stage 2 (after the first fifth of the steps) and one at the end of the run
     assert [k for k in sums if k.startswith("stage1_end")] == ["stage1_end_step1"], sums
@@ -74,7 +62,7 @@ def test_e2_two_stages_keep_every_rank_identical(tmp_path):
 def test_syncmask_semi_hard_two_epochs_keep_every_rank_identical(tmp_path):
     out = tmp_path / "run"
     args = ["--model", "syncmask", "--config", "syncmask-tiny", "--sampler", "semi_hard", "--num_epochs", "2"]
-    torchrun([*args, *COMMON, "--output_dir", str(out)])
+    torchrun([*args, *COMMON, "--output_dir", str(out)], timeout=240)
     sums = checksums(out)
     # checked at the end of the first epoch (where the sampler's shares are rebuilt) and at the run's end (the
     # second epoch's last step)

@@ -47,6 +47,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun(args, timeout=600):
+    """pretrain.py under two gloo processes (torchrun: `accelerate launch --cpu --num_processes 2` starts one process
+    unless MPI is set up); a hang fails at `timeout` instead of blocking the suite."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(free_port()), str(SCRIPT), *args]
+    proc = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "on 2 processes" in proc.stderr  # a real gloo group, not two lone processes
+    return proc
+
+
 def run(args, **kwargs):
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], env=ENV, capture_output=True, text=True, timeout=600, **kwargs
@@ -151,30 +162,7 @@ def test_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path):
     ]
     one = run([*common, "--batch_size", "8", "--output_dir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            # torchrun: `accelerate launch --cpu --num_processes 2` starts one process unless MPI is set up
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(SCRIPT),
-            *common,
-            "--batch_size",
-            "4",
-            "--output_dir",
-            str(tmp_path / "two"),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "on 2 processes" in two.stderr  # a real gloo group, not two lone processes
+    torchrun([*common, "--batch_size", "4", "--output_dir", str(tmp_path / "two")])
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=2e-5)
 
 

@@ -297,6 +297,12 @@ def collator_mode(config) -> str:
     return COLLATOR_MODES.get(getattr(config, "model_type", ""), "pairs")
 
 
+def e2_text(config) -> str:
+    """The global text `FashionCollator(e2_text=...)` builds for a model of `config`: E2's `full_text`, else the
+    collator's default (only "e2" mode reads it)."""
+    return getattr(config, "full_text", "tags_and_description")
+
+
 def load_catalog_splits(
     sources: list[str], test_size: float, val_size: float, seed: int, skip_bad: bool = True, decode: bool = False
 ):
