@@ -433,6 +433,40 @@ def test_from_encoders_copies_the_given_towers(tmp_path):
     assert model.mlm_head.predictions.decoder.weight is model.fashionfae.text_model.embeddings.word_embeddings.weight
 
 
+def test_from_encoders_takes_the_first_layers_of_a_deeper_checkpoint(tmp_path):
+    """`--text_pretrained minilm` on fashionfae-tiny: the config keeps its depth, the checkpoint its width; the
+    shallower tower gets the checkpoint's first layers, and a deeper one than the checkpoint is an error."""
+    from transformers import BertConfig, BertModel
+
+    from syncmask_hf import training
+    from syncmask_hf.training import adopt_text_checkpoint
+
+    deep = BertConfig(vocab_size=128, hidden_size=24, num_hidden_layers=4, num_attention_heads=2, intermediate_size=48)
+    BertModel(deep, add_pooling_layer=False).save_pretrained(tmp_path / "bert")
+    config = adopt_text_checkpoint(tiny_config(), str(tmp_path / "bert"))
+    assert config.text_config.num_hidden_layers == tiny_config().text_config.num_hidden_layers == 2
+    assert config.text_config.hidden_size == 24 and config.text_config.vocab_size == 128
+    model = FashionFAEForPreTraining.from_encoders(config, text=str(tmp_path / "bert"))
+    source = BertModel.from_pretrained(tmp_path / "bert", add_pooling_layer=False)
+    assert len(model.fashionfae.text_model.encoder.layer) == 2
+    for i in range(2):
+        torch.testing.assert_close(
+            model.fashionfae.text_model.encoder.layer[i].state_dict(), source.encoder.layer[i].state_dict()
+        )
+    # The copied parameters are known, so that pretrain.py --checkpoint_lr_scale can slow them down.
+    text_names = {f"fashionfae.text_model.{k}" for k, _ in model.fashionfae.text_model.named_parameters()}
+    assert model.checkpoint_parameters == text_names
+    groups = training.parameter_groups(model, 0.01, lr=1e-3, checkpoint_lr_scale=0.1)
+    slow = {id(p) for g in groups if g.get("lr") == pytest.approx(1e-4) for p in g["params"]}
+    assert slow == {id(p) for n, p in model.named_parameters() if n in text_names}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(training.parameter_groups(model, 0.01)) == 2  # no scale: decay / no decay, as before
+    too_deep = adopt_text_checkpoint(tiny_config(), str(tmp_path / "bert"))
+    too_deep.text_config.num_hidden_layers = 5
+    with pytest.raises(ValueError, match="only 4"):
+        FashionFAEForPreTraining.from_encoders(too_deep, text=str(tmp_path / "bert"))
+
+
 def test_remote_code_loads_in_a_fresh_process_without_the_package(tmp_path):
     from transformers import AutoModel
 

@@ -411,6 +411,30 @@ def test_from_encoders_offline_minilm_and_vit_folder(tmp_path):
     assert isinstance(model.syncmask.image_to_text, torch.nn.Linear)  # 32-wide ViT feeds the 384-wide MiniLM
     assert all(torch.equal(t, s) for t, s in zip(model.teacher.parameters(), model.syncmask.parameters()))
     assert model.config.text_pretrained == text_folder
+    copied = model.checkpoint_parameters  # what --checkpoint_lr_scale slows down: the copied weights, nothing new
+    assert "syncmask.fusion_layers.1.attention.self.query.weight" in copied
+    assert "syncmask.vision_model.embeddings.cls_token" in copied
+    assert not any("crossattention" in n or n.startswith(("teacher", "syncmask.image_to_text")) for n in copied)
+
+
+def test_adopt_text_checkpoint_keeps_a_split_that_fits(tmp_path):
+    """syncmask-small + MiniLM: 1 text + 2 fusion layers take the checkpoint's first 3 (the rest go unused); a split
+    deeper than the checkpoint becomes half text, half fusion of it."""
+    from transformers import BertConfig, BertModel
+
+    from syncmask_hf.training import adopt_text_checkpoint
+
+    deep = BertConfig(vocab_size=128, hidden_size=24, num_hidden_layers=6, num_attention_heads=2, intermediate_size=48)
+    BertModel(deep, add_pooling_layer=False).save_pretrained(tmp_path / "bert")
+    fits = adopt_text_checkpoint(tiny_config(num_text_layers=1, num_fusion_layers=2), str(tmp_path / "bert"))
+    assert (fits.num_text_layers, fits.num_fusion_layers, fits.text_config.hidden_size) == (1, 2, 24)
+    model = SyncMaskForPreTraining.from_encoders(fits, text=str(tmp_path / "bert"))
+    source = BertModel.from_pretrained(tmp_path / "bert", add_pooling_layer=False)
+    assert torch.equal(
+        model.syncmask.fusion_layers[1].output.dense.weight, source.encoder.layer[2].output.dense.weight
+    )
+    deeper = adopt_text_checkpoint(tiny_config(num_text_layers=4, num_fusion_layers=4), str(tmp_path / "bert"))
+    assert (deeper.num_text_layers, deeper.num_fusion_layers) == (3, 3)
 
 
 def test_save_teacher_when_asked(tmp_path):

@@ -266,9 +266,29 @@ class FashionFAEPreTrainedModel(PreTrainedModel):
             base.vision_model.load_state_dict(tower.state_dict())
         if text:
             tower = BertModel.from_pretrained(text, add_pooling_layer=False)
-            base.text_model.load_state_dict(tower.state_dict())
+            depth = config.text_config.num_hidden_layers
+            if depth > tower.config.num_hidden_layers:
+                raise ValueError(
+                    f"text_config has {depth} layers but the checkpoint {text!r} only "
+                    f"{tower.config.num_hidden_layers}: build the config with BertConfig.from_pretrained({text!r})"
+                )
+            # A shallower config takes the checkpoint's first layers (e.g. fashionfae-tiny's 2 of MiniLM's 6).
+            state = {
+                k: v
+                for k, v in tower.state_dict().items()
+                if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < depth
+            }
+            base.text_model.load_state_dict(state)
         if hasattr(model, "tie_weights"):
             model.tie_weights()
+        # Which parameters start from a checkpoint (e.g. for a lower learning rate on them); not saved.
+        prefix = "" if base is model else "fashionfae."
+        model.checkpoint_parameters = frozenset(
+            f"{prefix}{tower}.{k}"
+            for tower, given in (("vision_model", vision), ("text_model", text))
+            if given
+            for k, _ in getattr(base, tower).named_parameters()
+        )
         return model
 
     @classmethod

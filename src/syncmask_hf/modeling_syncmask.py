@@ -485,6 +485,18 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
                 )
             model.syncmask.fusion_layers.load_state_dict(fusion_state, strict=False)
             model.tie_weights()
+        # Which parameters start from a checkpoint (e.g. for a lower learning rate on them); not saved.
+        loaded = []
+        if vision:
+            vision_names = (
+                k for k, _ in model.syncmask.vision_model.named_parameters() if k != "embeddings.mask_token"
+            )
+            loaded += [f"syncmask.vision_model.{k}" for k in vision_names]
+        if text:
+            for prefix, module, state in (("text_model", model.syncmask.text_model, text_state),
+                                          ("fusion_layers", model.syncmask.fusion_layers, fusion_state)):  # fmt: skip
+                loaded += [f"syncmask.{prefix}.{k}" for k, _ in module.named_parameters() if k in state]
+        model.checkpoint_parameters = frozenset(loaded)
         model.sync_teacher()
         return model
 
