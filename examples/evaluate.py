@@ -40,7 +40,7 @@ from syncmask_hf.data import FASHIONIQ_CATEGORIES
 from syncmask_hf.evaluation import format_results_markdown, save_results
 from syncmask_hf.evaluation.evaluator import RetrievalEmbeddings
 from syncmask_hf.evaluation.retrieval import DEFAULT_FAISS_THRESHOLD
-from syncmask_hf.processing_fashion import FashionCollator
+from syncmask_hf.models.processing_fashion import FashionCollator
 
 TASKS = ("retrieval", "tgir", "classification")
 logger = logging.getLogger("evaluate")

@@ -33,7 +33,7 @@ from accelerate.utils import set_seed
 import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
 from syncmask_hf.evaluation import format_results_markdown, save_results
-from syncmask_hf.processing_fashion import FashionCollator
+from syncmask_hf.models.processing_fashion import FashionCollator
 
 logger = get_logger(__name__)
 DEFAULT_OVERRIDES = {"syncmask": {"mlm_weight": 0.0, "mim_weight": 0.0}}

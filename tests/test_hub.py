@@ -24,7 +24,7 @@ from hub_server import HubStandIn
 from huggingface_hub import HfApi, ModelCard, SpaceCard, snapshot_download
 
 from syncmask_hf.hub import HubFolderError, check_model_folder, push_model_folder, usage_snippet, write_model_card
-from syncmask_hf.pretrained import minilm_path
+from syncmask_hf.models.pretrained import minilm_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_stand_in_token"
@@ -259,7 +259,7 @@ def test_bad_folders_give_clear_errors(published, tmp_path, monkeypatch):
 
     package_import = copy_of_trained("package_import")
     modeling = package_import / "modeling_tinydual.py"
-    modeling.write_text("from syncmask_hf.losses import contrastive_loss\n" + modeling.read_text())
+    modeling.write_text("from syncmask_hf.models.losses import contrastive_loss\n" + modeling.read_text())
     with pytest.raises(HubFolderError, match="imports `syncmask_hf`"):
         check_model_folder(package_import)
 

@@ -19,7 +19,7 @@ from syncmask_hf import training
 from syncmask_hf.data import load_synthetic
 from syncmask_hf.evaluation import mean_pairwise_cosine
 from syncmask_hf.features import features_tensor
-from syncmask_hf.modeling_fashionfae import itm_pairs
+from syncmask_hf.models.modeling_fashionfae import itm_pairs
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_syncmask_pooling_and_patch_score_switches_change_the_computation(catalo
         model.config.pooling = "cls"
         cls = model.syncmask.get_text_features(batch["input_ids"], batch["attention_mask"])
     assert not torch.allclose(mean, cls)
-    from syncmask_hf.masking import synchronized_scores
+    from syncmask_hf.models.masking import synchronized_scores
 
     attn = torch.rand(2, 2, 5, 1 + 9).softmax(dim=-1)
     eligible = torch.ones(2, 5, dtype=torch.bool)
@@ -266,8 +266,8 @@ def test_fashionfae_itm_negatives_fall_on_random_rows():
 
 
 def test_fashionfae_aetp_masks_whole_title_words(catalog):
-    from syncmask_hf.modeling_fashionfae import aetp_mask
-    from syncmask_hf.processing_fashion import ROLE_TITLE
+    from syncmask_hf.models.modeling_fashionfae import aetp_mask
+    from syncmask_hf.models.processing_fashion import ROLE_TITLE
 
     model, collator = build("fashionfae")
     rows = [dict(catalog[i], title="Unbelievablyfashionable overshirtdress", description="a soft cotton shirt dress")

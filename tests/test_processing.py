@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from syncmask_hf.pretrained import minilm_path
-from syncmask_hf.processing_fashion import (
+from syncmask_hf.models.pretrained import minilm_path
+from syncmask_hf.models.processing_fashion import (
     ROLE_DESCRIPTION,
     ROLE_SPECIAL,
     ROLE_TEMPLATE,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from syncmask_hf import losses, masking, momentum
+from syncmask_hf.models import losses, masking, momentum
 
 
 def test_clip_loss_without_product_ids_is_clips_loss():

@@ -22,8 +22,8 @@ from syncmask_hf import (
     SyncMaskForTextGuidedImageRetrieval,
     SyncMaskModel,
 )
-from syncmask_hf.masking import num_to_mask, random_mask, synchronized_masks
-from syncmask_hf.momentum import ema_update
+from syncmask_hf.models.masking import num_to_mask, random_mask, synchronized_masks
+from syncmask_hf.models.momentum import ema_update
 
 TINY = Path(__file__).resolve().parents[1] / "hub_configs" / "syncmask-tiny"
 
@@ -379,7 +379,7 @@ def test_pretraining_on_real_hm_images(shared_data):
 def test_from_encoders_offline_minilm_and_vit_folder(tmp_path):
     from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
-    from syncmask_hf.pretrained import minilm_path
+    from syncmask_hf.models.pretrained import minilm_path
 
     text_folder = minilm_path()
     if text_folder is None:

@@ -19,24 +19,24 @@ from transformers import (
 from . import data, evaluation
 from .captioning import caption_images, train_decap
 from .composed_retrieval import ComposedQueryModel
-from .configuration_decap import FashionDeCapConfig
-from .configuration_e2 import E2Config
-from .configuration_fashionfae import FashionFAEConfig
-from .configuration_syncmask import SyncMaskConfig
 from .data import CATALOG_FEATURES, colour_variant_triplets, load_catalog, load_fashioniq, product_disjoint_split
 from .e2_sampling import OneImagePerProductSampler
 from .hub import HubFolderError, check_model_folder, push_demo_space, push_model_folder, write_model_card
-from .masking import synchronized_masks, synchronized_scores
-from .modeling_decap import FashionDeCapForCaptioning, FashionDeCapOutput, FashionDeCapPreTrainedModel
-from .modeling_e2 import E2FusionBlock, E2Model, E2Output, E2PreTrainedModel, E2VisionOutput
-from .modeling_fashionfae import (
+from .models.configuration_decap import FashionDeCapConfig
+from .models.configuration_e2 import E2Config
+from .models.configuration_fashionfae import FashionFAEConfig
+from .models.configuration_syncmask import SyncMaskConfig
+from .models.masking import synchronized_masks, synchronized_scores
+from .models.modeling_decap import FashionDeCapForCaptioning, FashionDeCapOutput, FashionDeCapPreTrainedModel
+from .models.modeling_e2 import E2FusionBlock, E2Model, E2Output, E2PreTrainedModel, E2VisionOutput
+from .models.modeling_fashionfae import (
     FashionFAEForPreTraining,
     FashionFAEForPreTrainingOutput,
     FashionFAEModel,
     FashionFAEOutput,
     FashionFAEPreTrainedModel,
 )
-from .modeling_syncmask import (
+from .models.modeling_syncmask import (
     SyncMaskForImageTextRetrieval,
     SyncMaskForPreTraining,
     SyncMaskForProductClassification,
@@ -44,8 +44,8 @@ from .modeling_syncmask import (
     SyncMaskModel,
     SyncMaskPreTrainedModel,
 )
-from .pretrained import minilm_path, resolve_pretrained
-from .processing_fashion import (
+from .models.pretrained import minilm_path, resolve_pretrained
+from .models.processing_fashion import (
     FashionCollator,
     FashionInputError,
     FashionProcessor,
@@ -54,8 +54,8 @@ from .processing_fashion import (
     split_title,
     stable_id,
 )
+from .models.task_sampler import FashionFAETaskSampler
 from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
-from .task_sampler import FashionFAETaskSampler
 
 # --- Auto registration ---------------------------------------------------------------------------------------------
 AutoConfig.register("syncmask", SyncMaskConfig, exist_ok=True)

@@ -70,7 +70,7 @@ class ComposedQueryModel(nn.Module):
     def forward(
         self, pixel_values, input_ids, attention_mask=None, target_pixel_values=None, target_ids=None, **kwargs
     ):
-        from .losses import contrastive_loss, multi_positive_targets
+        from .models.losses import contrastive_loss, multi_positive_targets
 
         query = self.get_query_features(pixel_values, input_ids, attention_mask)
         target = self.get_image_features(target_pixel_values)
@@ -147,7 +147,7 @@ def load_tgir_model(folder: str | os.PathLike, head: str = "auto"):
     if head == "fusion":
         if config.model_type != "syncmask":
             raise ValueError(f"the fusion TGIR head exists for SyncMask only, not {config.model_type}; use 'combiner'")
-        from .modeling_syncmask import SyncMaskForTextGuidedImageRetrieval
+        from .models.modeling_syncmask import SyncMaskForTextGuidedImageRetrieval
 
         return SyncMaskForTextGuidedImageRetrieval.from_pretrained(str(folder)), processor, head
     base = AutoModel.from_pretrained(str(folder), trust_remote_code=True)

@@ -34,12 +34,12 @@ DEFAULT_CONFIGS = {"syncmask": "syncmask-small", "e2": "e2-tiny", "fashionfae": 
 
 def model_classes(model_name: str):
     """(config class, pretraining model class, collator mode) for a model name."""
-    import syncmask_hf
+    from . import models
 
     if model_name not in MODEL_SPECS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODEL_SPECS)}")
     config_cls, model_cls, mode, _, _ = MODEL_SPECS[model_name]
-    return getattr(syncmask_hf, config_cls), getattr(syncmask_hf, model_cls), mode
+    return getattr(models, config_cls), getattr(models, model_cls), mode
 
 
 def resolve_config_path(model_name: str, config: str | None, hub_configs: Path) -> Path:
@@ -292,7 +292,7 @@ def build_processor(model_name: str, config, text_name_or_path: str | None = Non
     """The `FashionProcessor` a model of `config` expects: image size and normalisation of its vision tower, its
     tokenizer (default: the offline all-MiniLM-L6-v2 vocabulary the tiny configs use), E2's entity tensors or
     FashionFAE's attribute-templated text."""
-    from .processing_fashion import FashionProcessor
+    from .models.processing_fashion import FashionProcessor
 
     kwargs: dict = {"max_length": max_length}
     if model_name == "e2":
@@ -714,7 +714,7 @@ class ContrastiveFineTuning(nn.Module):
 
     def forward(self, pixel_values, input_ids, attention_mask=None, product_ids=None, **kwargs):
         from .features import features_tensor as _features
-        from .losses import clip_contrastive_loss
+        from .models.losses import clip_contrastive_loss
 
         image = nn.functional.normalize(_features(self.get_image_features(pixel_values), "image"), dim=-1)
         text = nn.functional.normalize(_features(self.get_text_features(input_ids, attention_mask), "text"), dim=-1)
@@ -731,7 +731,7 @@ def embed_catalog_images(
     from tqdm.auto import tqdm
 
     from .features import features_tensor as _features
-    from .processing_fashion import FashionInputError, load_image
+    from .models.processing_fashion import FashionInputError, load_image
 
     device = device or next(model.parameters()).device
     was_training = model.training

@@ -7,7 +7,7 @@ code); the data layer uses that same function, so `product_ids` / `text_ids` agr
 
 from __future__ import annotations
 
-from ..processing_fashion import normalize_text, stable_id
+from ..models.processing_fashion import normalize_text, stable_id
 
 __all__ = ["stable_id", "normalize_text", "text_id"]
 
