@@ -60,7 +60,6 @@ from syncmask_hf.training import (
     resolve_config_path,
 )
 
-HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 logger = get_logger(__name__)
 
 
@@ -70,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--config",
         default=None,
-        help="hub_configs/ name, a folder with config.json, or a JSON file (default: syncmask-small, e2-tiny, fashionfae-tiny)",
+        help="a preset name (syncmask_hf.list_presets()), a folder with config.json, or a JSON file (default: syncmask-small, e2-tiny, fashionfae-tiny)",
     )
     p.add_argument(
         "--config_override",
@@ -280,7 +279,7 @@ def main(argv=None):
     set_seed(args.seed)
 
     config_cls, model_cls, mode = model_classes(args.model)
-    config_path = resolve_config_path(args.model, args.config or DEFAULT_CONFIGS[args.model], HUB_CONFIGS)
+    config_path = resolve_config_path(args.model, args.config or DEFAULT_CONFIGS[args.model])
     config = (
         config_cls.from_json_file(str(config_path))
         if config_path.suffix == ".json"

@@ -15,7 +15,7 @@ def save_tiny_model(model_name: str, folder: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     config_cls, model_cls, _ = model_classes(model_name)
-    config = config_cls.from_json_file(str(resolve_config_path(model_name, None, REPO / "hub_configs")))
+    config = config_cls.from_json_file(str(resolve_config_path(model_name)))
     model = model_cls(config).eval()
     model.save_pretrained(folder)
     build_processor(model_name, config).save_pretrained(folder)

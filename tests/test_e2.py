@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
 
 from syncmask_hf import E2Config, E2FusionBlock, E2Model, OneImagePerProductSampler
 from syncmask_hf.models.configuration_e2 import default_fusion_layers
+from syncmask_hf.presets import preset_path
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = dict(
@@ -85,9 +86,9 @@ def test_config_defaults_rule_and_errors():
         with pytest.raises(ValueError, match=match):
             E2Config(**bad)
     for name in ("e2-clip-vit-b32", "e2-tiny"):
-        loaded = E2Config.from_pretrained(REPO / "hub_configs" / name)
+        loaded = E2Config.from_pretrained(preset_path(name))
         assert loaded.fusion_layers == default_fusion_layers(loaded.vision_config.num_hidden_layers)
-    tiny = E2Config.from_pretrained(REPO / "hub_configs" / "e2-tiny")
+    tiny = E2Config.from_pretrained(preset_path("e2-tiny"))
     assert (tiny.text_config.vocab_size, tiny.text_config.eos_token_id, tiny.text_config.pad_token_id) == (
         30522,
         102,

@@ -25,6 +25,7 @@ from syncmask_hf.models.modeling_fashionfae import (
     apir_fill,
     itm_pairs,
 )
+from syncmask_hf.presets import preset_path
 
 REPO = Path(__file__).resolve().parents[1]
 CLS, SEP, MASK, PAD = 101, 102, 103, 0
@@ -87,12 +88,12 @@ def synthetic_batch(batch: int = 4, image_size: int = 32):
 # ------------------------------------------------------------------------------------------------------------------
 # config
 # ------------------------------------------------------------------------------------------------------------------
-def test_hub_configs_load_with_paper_values():
-    base = FashionFAEConfig.from_pretrained(REPO / "hub_configs" / "fashionfae-base")
+def test_presets_load_with_paper_values():
+    base = FashionFAEConfig.from_pretrained(preset_path("fashionfae-base"))
     assert (base.patches_per_side, base.fusion_grid, base.apir_num_masked) == (14, 7, 8)
     assert base.vision_config.hidden_size == 768 and base.text_config.num_hidden_layers == 12
     assert base.task_probs == {"itm": 0.23, "itc": 0.31, "mlm": 0.23, "apir": 0.23}
-    tiny = FashionFAEConfig.from_pretrained(REPO / "hub_configs" / "fashionfae-tiny")
+    tiny = FashionFAEConfig.from_pretrained(preset_path("fashionfae-tiny"))
     assert tiny.patches_per_side // tiny.fusion_grid == base.patches_per_side // base.fusion_grid
     assert tiny.auto_map["AutoModel"] == "modeling_fashionfae.FashionFAEModel"
 

@@ -31,7 +31,7 @@ def catalog():
 
 def build(model_name: str, **overrides):
     config_cls, model_cls, mode = training.model_classes(model_name)
-    path = training.resolve_config_path(model_name, None, Path(__file__).resolve().parents[1] / "hub_configs")
+    path = training.resolve_config_path(model_name)
     config = config_cls.from_json_file(str(path))
     config = config_cls.from_dict({**config.to_dict(), **overrides})
     torch.manual_seed(0)

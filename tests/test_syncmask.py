@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +23,9 @@ from syncmask_hf import (
 )
 from syncmask_hf.models.masking import num_to_mask, random_mask, synchronized_masks
 from syncmask_hf.models.momentum import ema_update
+from syncmask_hf.presets import preset_path
 
-TINY = Path(__file__).resolve().parents[1] / "hub_configs" / "syncmask-tiny"
+TINY = preset_path("syncmask-tiny")
 
 
 def tiny_config(**overrides) -> SyncMaskConfig:

@@ -25,7 +25,7 @@ from transformers import CLIPConfig, CLIPModel
 from syncmask_hf import E2Model
 
 SIZES = {
-    # CPU-sized towers with the tiny hub config's shapes (hub_configs/e2-tiny)
+    # CPU-sized towers with the tiny hub config's shapes (preset e2-tiny)
     "tiny": dict(
         text=dict(
             vocab_size=30522,

@@ -17,14 +17,12 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from syncmask_hf import FashionFAEConfig, FashionFAEForPreTraining
+from syncmask_hf import FashionFAEConfig, FashionFAEForPreTraining, preset_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-HUB_CONFIGS = Path(__file__).resolve().parents[2] / "hub_configs"
 SIZES = {
     "small": dict(
         vision_config=dict(
@@ -46,7 +44,7 @@ SIZES = {
 
 def make_config(size: str, **overrides) -> FashionFAEConfig:
     if size in ("tiny", "base"):
-        config = FashionFAEConfig.from_pretrained(HUB_CONFIGS / f"fashionfae-{size}")
+        config = FashionFAEConfig.from_pretrained(preset_path(f"fashionfae-{size}"))
         for key, value in overrides.items():
             setattr(config, key, value)
         config.validate_fashionfae()

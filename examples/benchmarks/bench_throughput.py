@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 import syncmask_hf  # noqa: E402
 from syncmask_hf import training  # noqa: E402
 from syncmask_hf.data import load_catalog  # noqa: E402
+from syncmask_hf.presets import preset_path  # noqa: E402
 
 # size -> hub config per model (the configs pretrain.py and the Hub checkpoints use)
 CONFIGS = {
@@ -43,7 +44,7 @@ CONFIGS = {
 
 def build(model_name: str, config_name: str, batch_size: int, device, rows):
     config_cls, model_cls, mode = training.model_classes(model_name)
-    config = config_cls.from_json_file(str(REPO / "hub_configs" / config_name / "config.json"))
+    config = config_cls.from_json_file(str(preset_path(config_name) / "config.json"))
     torch.manual_seed(0)
     model = model_cls(config).to(device).train()
     processor = training.build_processor(model_name, config)

@@ -55,6 +55,7 @@ from .models.processing_fashion import (
     stable_id,
 )
 from .models.task_sampler import FashionFAETaskSampler
+from .presets import list_presets, preset_path
 from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
 
 # --- Auto registration ---------------------------------------------------------------------------------------------
@@ -126,6 +127,8 @@ __all__ = [
     "load_fashioniq",
     "load_image",
     "minilm_path",
+    "list_presets",
+    "preset_path",
     "normalize_text",
     "product_disjoint_split",
     "resolve_pretrained",

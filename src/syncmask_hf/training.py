@@ -42,16 +42,27 @@ def model_classes(model_name: str):
     return getattr(models, config_cls), getattr(models, model_cls), mode
 
 
-def resolve_config_path(model_name: str, config: str | None, hub_configs: Path) -> Path:
-    """A config given as a folder, a JSON file, or the name of a folder in `hub_configs/` (default: the tiny one)."""
+def resolve_config_path(model_name: str, config: str | None = None) -> Path:
+    """A config given as a folder with `config.json`, a JSON file, or a preset name (`syncmask_hf.list_presets()`;
+    default: the model's tiny preset). A preset of another model is an error that names the model's presets."""
+    from .presets import list_presets, preset_path
+
     name = config or MODEL_SPECS[model_name][3]
-    for candidate in (Path(name), hub_configs / name):
-        if candidate.is_dir() and (candidate / "config.json").is_file():
-            return candidate / "config.json"
-        if candidate.is_file():
-            return candidate
-    known = sorted(p.name for p in hub_configs.iterdir() if p.is_dir()) if hub_configs.is_dir() else []
-    raise FileNotFoundError(f"config {name!r} is neither a folder with config.json, a JSON file, nor one of {known}")
+    candidate = Path(name)
+    if candidate.is_dir() and (candidate / "config.json").is_file():
+        return candidate / "config.json"
+    if candidate.is_file():
+        return candidate
+    if name in list_presets():
+        if name not in list_presets(model_name):
+            raise ValueError(
+                f"preset {name!r} is not a {model_name} config; {model_name}'s presets: {list_presets(model_name)}"
+            )
+        return preset_path(name) / "config.json"
+    raise FileNotFoundError(
+        f"config {name!r} is neither a folder with config.json, a JSON file, nor one of {model_name}'s presets "
+        f"{list_presets(model_name)}"
+    )
 
 
 class TrainingBuffers:

@@ -39,7 +39,7 @@ class SyncMaskConfig(PreTrainedConfig):
     itc_keys (`str`, "teacher"): the in-batch columns ITC contrasts against. "teacher" = ALBEF (the momentum
         teacher's features, so no gradient reaches the other tower through them); "student" = the student's own
         gathered features (CLIP's in-batch loss), queued columns still the teacher's. The from-scratch presets
-        (`hub_configs/syncmask-*`) use "student": from scratch the teacher is as random as the student and ALBEF's
+        (presets `syncmask-*`) use "student": from scratch the teacher is as random as the student and ALBEF's
         keys teach only through the slow EMA (synthetic catalogue, 240 steps: held-out text embeddings at mean
         pairwise cosine 0.79 with "student", 0.98 with "teacher").
     pooling (`str`, "cls"): the vector ITC embeds. "cls" = ALBEF ([CLS] of ViT and of the text stack), the default

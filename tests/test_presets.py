@@ -1,0 +1,91 @@
+"""Presets are package data: named configs that resolve from an installed wheel, outside the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import syncmask_hf
+from syncmask_hf import list_presets, preset_path
+from syncmask_hf.training import DEFAULT_CONFIGS, MODEL_SPECS, resolve_config_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_model_has_its_presets_and_they_load():
+    assert set(list_presets()) >= {"syncmask-tiny", "syncmask-small", "syncmask-base", "e2-tiny", "fashionfae-tiny"}
+    for model_name, spec in MODEL_SPECS.items():
+        names = list_presets(model_name)
+        assert spec[3] in names and spec[4] in names and DEFAULT_CONFIGS[model_name] in names
+        assert all(n.startswith(model_name) for n in names)
+        config_cls = syncmask_hf.training.model_classes(model_name)[0]
+        for name in names:
+            config = config_cls.from_pretrained(preset_path(name))
+            assert config.model_type == model_name
+
+
+def test_names_resolve_and_wrong_names_say_what_exists(tmp_path):
+    assert resolve_config_path("syncmask") == preset_path("syncmask-tiny") / "config.json"
+    assert resolve_config_path("e2", "e2-tiny") == preset_path("e2-tiny") / "config.json"
+    with pytest.raises(ValueError, match=r"not a syncmask config.*syncmask-small"):
+        resolve_config_path("syncmask", "e2-tiny")
+    with pytest.raises(FileNotFoundError, match=r"fashionfae-tiny"):
+        resolve_config_path("fashionfae", "fashionfae-huge")
+    with pytest.raises(KeyError, match="no preset named"):
+        preset_path("../models")  # names only, never a path out of the presets folder
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "config.json").write_text(preset_path("e2-tiny").joinpath("config.json").read_text())
+    assert resolve_config_path("e2", str(own)) == own / "config.json"  # a folder still wins over a name
+
+
+@pytest.mark.timeout(600)
+def test_presets_resolve_from_an_installed_wheel_outside_the_repo(tmp_path):
+    """`--config syncmask-tiny` must work where the package is installed from a wheel: build one, unpack it as an
+    install would, and resolve and load the preset from a directory with no repository around it."""
+    # Built from a copy of the project's files, so no build/ left over in the checkout can leak into the wheel.
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).is_file():
+            shutil.copy(REPO / name, source / name)
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = wheels.glob("syncmask_hf-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"syncmask_hf/presets/{n}/config.json" for n in list_presets()} <= names
+    assert "syncmask_hf/models/modeling_syncmask.py" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = textwrap.dedent(
+        """
+        import sys
+        import syncmask_hf
+        from syncmask_hf.training import resolve_config_path
+        assert syncmask_hf.__file__.startswith(sys.argv[1]), syncmask_hf.__file__
+        path = resolve_config_path("syncmask", "syncmask-tiny")
+        config = syncmask_hf.SyncMaskConfig.from_json_file(str(path))
+        print("PRESET-OK", len(syncmask_hf.list_presets()), config.num_text_layers, path.parent.name)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(site)], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"PRESET-OK {len(list_presets())}" in run.stdout and "syncmask-tiny" in run.stdout
