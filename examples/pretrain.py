@@ -40,9 +40,8 @@ from syncmask_hf import training
 from syncmask_hf.data import text_id
 from syncmask_hf.evaluation import save_results
 from syncmask_hf.models.pretrained import resolve_pretrained
+from syncmask_hf.specs import SPECS, get_spec
 from syncmask_hf.training import (
-    DEFAULT_CONFIGS,
-    MODEL_SPECS,
     Progress,
     TimeBudget,
     TrainingBuffers,
@@ -65,7 +64,7 @@ logger = get_logger(__name__)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=sorted(MODEL_SPECS), default="e2")
+    p.add_argument("--model", choices=sorted(SPECS), default="e2")
     p.add_argument(
         "--config",
         default=None,
@@ -171,10 +170,11 @@ def parse_args(argv=None):
     p.add_argument("--hub_model_id", default=None)
     p.add_argument("--hub_token", default=None)
     args = p.parse_args(argv)
-    if args.model == "e2" and args.text_pretrained:
+    if args.text_pretrained and not get_spec(args.model).text_checkpoint:
         p.error(
-            "--text_pretrained is for the BERT text towers of syncmask / fashionfae; E2 starts from a whole CLIP "
-            "checkpoint: --vision_pretrained openai/clip-vit-base-patch32 (or a local CLIP folder)"
+            f"--text_pretrained is for the BERT text towers of {', '.join(n for n in SPECS if SPECS[n].text_checkpoint)}; "
+            f"{args.model} starts from a whole CLIP checkpoint: --vision_pretrained openai/clip-vit-base-patch32 "
+            "(or a local CLIP folder)"
         )
     return args
 
@@ -196,6 +196,12 @@ def build_data(args, processor, mode, accelerator, config=None):
     return splits, collator
 
 
+def both_towers_pretrained(args) -> bool:
+    """Both towers start from checkpoints: a text and a vision one, or one whole CLIP (E2)."""
+    spec = get_spec(args.model)
+    return bool(args.vision_pretrained) and (spec.vision_checkpoint == "clip" or bool(args.text_pretrained))
+
+
 def sampler_kind(args, epoch: int) -> str:
     """The batch sampler of `epoch`. SyncMask: a curriculum, random batches first, then semi-hard ones (batches of
     one sub-category give a random-init model nothing it can contrast: ITC stays at chance and both towers collapse
@@ -203,9 +209,9 @@ def sampler_kind(args, epoch: int) -> str:
     kind = args.sampler
     if kind == "default":
         # Both towers must start trained: a random-init image tower cannot tell one sub-category's items apart either.
-        both_pretrained = bool(args.text_pretrained and args.vision_pretrained)
-        syncmask = "semi_hard" if both_pretrained else "curriculum"
-        kind = {"syncmask": syncmask, "e2": "one_per_product"}.get(args.model, "random")
+        spec = get_spec(args.model)
+        pretrained = both_towers_pretrained(args) and spec.pretrained_sampler
+        kind = spec.pretrained_sampler if pretrained else spec.default_sampler
     if kind == "curriculum":
         # Whole epochs only: the sampler is built once per epoch (a fractional count rounds up).
         kind = "random" if epoch < math.ceil(args.random_epochs) else "semi_hard"
@@ -250,6 +256,7 @@ def build_batch_sampler(args, train, accelerator, epoch):
 
 def main(argv=None):
     args = parse_args(argv)
+    spec = get_spec(args.model)
     project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs"))
     report_to = args.report_to
     if report_to == "auto":
@@ -270,8 +277,8 @@ def main(argv=None):
         # stage 1 leaves the CLIP towers without them.
         kwargs_handlers=[
             DistributedDataParallelKwargs(
-                find_unused_parameters=args.model == "fashionfae"
-                or (args.model == "e2" and args.e2_stage in ("auto", "1", "both"))
+                find_unused_parameters=spec.task_per_step
+                or (spec.two_stage and args.e2_stage in ("auto", "1", "both"))
             )
         ],
     )
@@ -279,7 +286,7 @@ def main(argv=None):
     set_seed(args.seed)
 
     config_cls, model_cls, mode = model_classes(args.model)
-    config_path = resolve_config_path(args.model, args.config or DEFAULT_CONFIGS[args.model])
+    config_path = resolve_config_path(args.model, args.config or spec.default_preset)
     config = (
         config_cls.from_json_file(str(config_path))
         if config_path.suffix == ".json"
@@ -293,7 +300,7 @@ def main(argv=None):
         # Rebuilt from a dict so the config's own checks run on the new values.
         config = config_cls.from_dict({**config.to_dict(), **overrides})
     text_source = resolve_pretrained(args.text_pretrained) if args.text_pretrained else None
-    if args.model == "e2" and args.vision_pretrained:
+    if spec.vision_checkpoint == "clip" and args.vision_pretrained:
         # E2 starts from a whole CLIP checkpoint (both towers); the new parameters are added on top.
         model = model_cls.from_clip(args.vision_pretrained, entities=list(config.entities))
         config = model.config
@@ -316,12 +323,11 @@ def main(argv=None):
     # hundred steps, where 5e-4 learns (synthetic catalogue, 200-400 steps: examples/README.md). One random-init
     # tower is enough to need the higher rate (SyncMask, MiniLM text + random ViT, 71 steps on the real catalogue:
     # held-out T2I R@10 3.5x chance at 5e-4, 2.8x at 1e-4).
-    from_checkpoints = bool(text_source and args.vision_pretrained)
-    lr = args.learning_rate or (1e-4 if from_checkpoints and args.model != "e2" else 5e-4)
+    lr = args.learning_rate or (spec.pretrained_lr if both_towers_pretrained(args) else spec.scratch_lr)
     if args.e2_stage == "auto":
         # Two stages only make sense from a pretrained CLIP; a from-scratch tower trains everything from the start.
         args.e2_stage = "both" if args.vision_pretrained else "2"
-    e2_two_stage = args.model == "e2" and args.e2_stage in ("1", "both")
+    e2_two_stage = spec.two_stage and args.e2_stage in ("1", "both")
     # A lower rate for copied weights made no difference beyond the seed's at 5 minutes (examples/README.md), so
     # one rate for all stays the default.
     groups = parameter_groups(model, args.weight_decay, lr=lr, checkpoint_lr_scale=args.checkpoint_lr_scale)

@@ -11,23 +11,24 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import syncmask_hf
 from syncmask_hf import list_presets, preset_path
-from syncmask_hf.training import DEFAULT_CONFIGS, MODEL_SPECS, resolve_config_path
+from syncmask_hf.specs import SPECS, get_spec
+from syncmask_hf.training import build_processor, collator_mode, resolve_config_path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_model_has_its_presets_and_they_load():
     assert set(list_presets()) >= {"syncmask-tiny", "syncmask-small", "syncmask-base", "e2-tiny", "fashionfae-tiny"}
-    for model_name, spec in MODEL_SPECS.items():
+    for model_name, spec in SPECS.items():
         names = list_presets(model_name)
-        assert spec[3] in names and spec[4] in names and DEFAULT_CONFIGS[model_name] in names
+        assert {spec.tiny_preset, spec.default_preset, spec.base_preset} <= set(names)
         assert all(n.startswith(model_name) for n in names)
-        config_cls = syncmask_hf.training.model_classes(model_name)[0]
         for name in names:
-            config = config_cls.from_pretrained(preset_path(name))
+            config = spec.config_class.from_pretrained(preset_path(name))
             assert config.model_type == model_name
 
 
@@ -89,3 +90,21 @@ def test_presets_resolve_from_an_installed_wheel_outside_the_repo(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"PRESET-OK {len(list_presets())}" in run.stdout and "syncmask-tiny" in run.stdout
+
+
+def test_one_spec_drives_the_processor_and_the_collator():
+    """What differs between models comes from their spec: the collator mode is the model's name, E2's processor
+    returns entity tensors, FashionFAE's reads attribute-templated text, SyncMask's plain text."""
+    for name, spec in SPECS.items():
+        config = spec.config_class.from_pretrained(preset_path(spec.tiny_preset))
+        assert get_spec(config) is spec and collator_mode(config) == name
+        processor = build_processor(name, config)
+        pixels = processor(images=[Image.new("RGB", (80, 100))], return_tensors="pt")["pixel_values"]
+        assert pixels.shape[-2:] == (config.vision_config.image_size,) * 2
+        assert processor.return_entities == spec.entity_inputs
+        assert processor.text_format == ("attributes" if name == "fashionfae" else "plain")
+        assert syncmask_hf.FashionCollator(processor, mode=name).mode == name
+    assert syncmask_hf.FashionCollator(processor, mode="fae").mode == "fashionfae"  # the earlier names still work
+    assert syncmask_hf.FashionCollator(processor, mode="pairs").mode == "syncmask"
+    with pytest.raises(ValueError, match="unknown model 'clip'"):
+        get_spec("clip")

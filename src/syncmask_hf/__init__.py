@@ -57,6 +57,7 @@ from .models.processing_fashion import (
 from .models.task_sampler import FashionFAETaskSampler
 from .presets import list_presets, preset_path
 from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
+from .specs import SPECS, ModelSpec, get_spec
 
 # --- Auto registration ---------------------------------------------------------------------------------------------
 AutoConfig.register("syncmask", SyncMaskConfig, exist_ok=True)
@@ -128,6 +129,9 @@ __all__ = [
     "load_image",
     "minilm_path",
     "list_presets",
+    "get_spec",
+    "ModelSpec",
+    "SPECS",
     "preset_path",
     "normalize_text",
     "product_disjoint_split",

@@ -19,27 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# name -> (config class, pretraining class, collator mode, tiny hub config, base hub config)
-MODEL_SPECS: dict[str, tuple[str, str, str, str, str]] = {
-    "syncmask": ("SyncMaskConfig", "SyncMaskForPreTraining", "pairs", "syncmask-tiny", "syncmask-base"),
-    "e2": ("E2Config", "E2Model", "e2", "e2-tiny", "e2-clip-vit-b32"),
-    "fashionfae": ("FashionFAEConfig", "FashionFAEForPreTraining", "fae", "fashionfae-tiny", "fashionfae-base"),
-}
-
-
-# What examples/pretrain.py trains when --config is not given: small enough to learn something in a few CPU
-# minutes (the tiny configs are for tests and learn too little to show).
-DEFAULT_CONFIGS = {"syncmask": "syncmask-small", "e2": "e2-tiny", "fashionfae": "fashionfae-tiny"}
+from .specs import SPECS, get_spec
 
 
 def model_classes(model_name: str):
-    """(config class, pretraining model class, collator mode) for a model name."""
-    from . import models
-
-    if model_name not in MODEL_SPECS:
-        raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODEL_SPECS)}")
-    config_cls, model_cls, mode, _, _ = MODEL_SPECS[model_name]
-    return getattr(models, config_cls), getattr(models, model_cls), mode
+    """(config class, pretraining model class, collator mode) for a model name (its `ModelSpec`)."""
+    spec = get_spec(model_name)
+    return spec.config_class, spec.pretraining_class, spec.name
 
 
 def resolve_config_path(model_name: str, config: str | None = None) -> Path:
@@ -47,7 +33,7 @@ def resolve_config_path(model_name: str, config: str | None = None) -> Path:
     default: the model's tiny preset). A preset of another model is an error that names the model's presets."""
     from .presets import list_presets, preset_path
 
-    name = config or MODEL_SPECS[model_name][3]
+    name = config or get_spec(model_name).tiny_preset
     candidate = Path(name)
     if candidate.is_dir() and (candidate / "config.json").is_file():
         return candidate / "config.json"
@@ -301,34 +287,26 @@ def adopt_text_checkpoint(config, text_name_or_path: str):
 
 def build_processor(model_name: str, config, text_name_or_path: str | None = None, max_length: int = 64):
     """The `FashionProcessor` a model of `config` expects: image size and normalisation of its vision tower, its
-    tokenizer (default: the offline all-MiniLM-L6-v2 vocabulary the tiny configs use), E2's entity tensors or
-    FashionFAE's attribute-templated text."""
+    tokenizer (default: the offline all-MiniLM-L6-v2 vocabulary the tiny configs use) and what its spec adds (E2's
+    entity tensors, FashionFAE's attribute-templated text)."""
     from .models.processing_fashion import FashionProcessor
 
-    kwargs: dict = {"max_length": max_length}
-    if model_name == "e2":
-        kwargs.update(image_processor_type="clip", entities=list(config.entities), return_entities=True)
-    else:
-        kwargs.update(image_processor_type="vit")
-    if model_name == "fashionfae":
-        # The attribute-templated text for AETP and for its plain-MLM ablation alike, so that the ablation changes
-        # only the objective, not what the model reads.
-        kwargs.update(text_format="attributes")
     return FashionProcessor.from_text_model(
-        text_name_or_path or "minilm", image_size=config.vision_config.image_size, **kwargs
+        text_name_or_path or "minilm",
+        image_size=config.vision_config.image_size,
+        max_length=max_length,
+        **get_spec(model_name).processor_options(config),
     )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Shared by pretrain.py, the fine-tuning scripts and evaluate.py
 # ----------------------------------------------------------------------------------------------------------------
-#: config.model_type -> FashionCollator mode
-COLLATOR_MODES = {"syncmask": "pairs", "e2": "e2", "fashionfae": "fae"}
-
-
 def collator_mode(config) -> str:
-    """The `FashionCollator` mode a model of `config` expects ("pairs" for any other dual encoder)."""
-    return COLLATOR_MODES.get(getattr(config, "model_type", ""), "pairs")
+    """The `FashionCollator` mode a model of `config` expects: its model type, "syncmask" (image-text pairs) for
+    any other dual encoder."""
+    model_type = getattr(config, "model_type", "")
+    return model_type if model_type in SPECS else "syncmask"
 
 
 def e2_text(config) -> str:

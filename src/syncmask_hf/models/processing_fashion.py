@@ -678,9 +678,10 @@ class FashionCollator:
 
     Args:
         processor: a `FashionProcessor`.
-        mode: `"pairs"` (SyncMask and any dual encoder: pixel_values, input_ids, attention_mask, product_ids,
-            text_ids), `"e2"` (adds the entity tensors) or `"fae"` (attribute-templated text with token_roles and
-            attribute_ids).
+        mode: named after the model the batch is for: `"syncmask"` (SyncMask and any dual encoder: pixel_values,
+            input_ids, attention_mask, product_ids, text_ids), `"e2"` (adds the entity tensors) or `"fashionfae"`
+            (attribute-templated text with token_roles and attribute_ids). The earlier names `"pairs"` and `"fae"`
+            are accepted for `"syncmask"` and `"fashionfae"`.
         skip_bad: drop bad rows (missing / corrupt image, empty row, non-string text) and count them instead of
             raising. `num_skipped` is shared with DataLoader workers; `skip_reasons` / `skipped_item_ids` are kept in
             the process that collated (the main process when num_workers=0). A batch whose rows are all bad gives
@@ -688,19 +689,20 @@ class FashionCollator:
             first: load with `dataset.cast_column("image", datasets.Image(decode=False))`.
         category_label_map / subcategory_label_map: name -> class index (or a list of names) to add
             `category_labels` / `subcategory_labels` (-100 when unknown or not in the map).
-        seed: seed of the template shuffle in `"fae"` mode (per batch, from the seed and its items: exact in any worker and after a resume).
+        seed: seed of the template shuffle in `"fashionfae"` mode (per batch, from the seed and its items: exact in any worker and after a resume).
         e2_text: the global text of `"e2"` mode: `"tags_and_description"` (the authors' code: the values of the
             processor's entities other than the description, then the row text) or `"description"` (the row text
             alone). The description entity is the row's `description` column, else its text, either way.
     """
 
-    MODES = ("pairs", "e2", "fae")
+    MODES = ("syncmask", "e2", "fashionfae")
+    MODE_ALIASES = {"pairs": "syncmask", "fae": "fashionfae"}  # the names before the modes were named after models
     E2_TEXTS = ("tags_and_description", "description")
 
     def __init__(
         self,
         processor: FashionProcessor,
-        mode: str = "pairs",
+        mode: str = "syncmask",
         skip_bad: bool = False,
         category_label_map: Mapping[str, int] | Sequence[str] | None = None,
         subcategory_label_map: Mapping[str, int] | Sequence[str] | None = None,
@@ -709,6 +711,7 @@ class FashionCollator:
         max_logged: int = 1000,
         e2_text: str = "tags_and_description",
     ):
+        mode = self.MODE_ALIASES.get(mode, mode)
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         if e2_text not in self.E2_TEXTS:
@@ -832,7 +835,7 @@ class FashionCollator:
             product_keys.append(str(key) if key not in (None, "") else f"\x00row:{i}:{texts[i]}")
         attributes = [{k: v for k, v in row.items() if k != "image"} for row in kept]
 
-        if self.mode == "fae":
+        if self.mode == "fashionfae":
             titles, descriptions = [], []
             for row, text in zip(kept, texts):
                 if "title" in row or "description" in row:

@@ -1,0 +1,122 @@
+"""One spec per model: everything the application knows about a model, in one place.
+
+`examples/pretrain.py`, the fine-tuning and evaluation scripts, the processor and the collator they build read a
+model's classes, presets, processor options, collator mode, sampler, learning rates and stage logic from its
+`ModelSpec` here; adding a model means its `models/` files, its presets, and one entry in `SPECS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the application needs to know about one model.
+
+    name: `--model` and the config's `model_type`; also the `FashionCollator` mode.
+    config_class / pretraining_class: what `pretrain.py` builds.
+    tiny_preset / default_preset / base_preset: tests' size, `pretrain.py`'s default (learns something in a few
+        CPU minutes), the paper's size.
+    image_processor_type: "vit" or "clip" normalisation and resizing.
+    processor_kwargs: further `FashionProcessor` options.
+    entity_inputs: the processor returns the config's entities as tensors (E2).
+    text_format: the text the model reads ("plain" or FashionFAE's attribute-templated "attributes").
+    default_sampler / pretrained_sampler: `pretrain.py --sampler default` from scratch, and when both towers start
+        from checkpoints (None: the same).
+    scratch_lr / pretrained_lr: the learning rate with a random-init tower, and with both towers from checkpoints.
+    text_checkpoint: `--text_pretrained` loads a BERT into its text tower.
+    vision_checkpoint: what `--vision_pretrained` names: "vit" (a ViT tower) or "clip" (a whole CLIP, both towers).
+    two_stage: new parameters first, then everything (E2 from a pretrained CLIP).
+    task_per_step: one objective per step, so each step leaves the other heads without gradients (DDP must look
+        for unused parameters).
+    """
+
+    name: str
+    config_class: type
+    pretraining_class: type
+    tiny_preset: str
+    default_preset: str
+    base_preset: str
+    image_processor_type: str = "vit"
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    entity_inputs: bool = False
+    text_format: str = "plain"
+    default_sampler: str = "random"
+    pretrained_sampler: str | None = None
+    scratch_lr: float = 5e-4
+    pretrained_lr: float = 1e-4
+    text_checkpoint: bool = True
+    vision_checkpoint: str = "vit"
+    two_stage: bool = False
+    task_per_step: bool = False
+
+    def processor_options(self, config) -> dict[str, Any]:
+        """`FashionProcessor.from_text_model` options for a model of `config`."""
+        options = {"image_processor_type": self.image_processor_type, **self.processor_kwargs}
+        if self.text_format != "plain":
+            options["text_format"] = self.text_format
+        if self.entity_inputs:
+            options.update(entities=list(config.entities), return_entities=True)
+        return options
+
+
+SPECS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="syncmask",
+            config_class=models.SyncMaskConfig,
+            pretraining_class=models.SyncMaskForPreTraining,
+            tiny_preset="syncmask-tiny",
+            default_preset="syncmask-small",
+            base_preset="syncmask-base",
+            # Batches of one sub-category give a random-init model nothing it can contrast (both towers collapse
+            # within ~40 steps): random batches first, then semi-hard ones; semi-hard from the start only when both
+            # towers start trained (examples/README.md).
+            default_sampler="curriculum",
+            pretrained_sampler="semi_hard",
+        ),
+        ModelSpec(
+            name="e2",
+            config_class=models.E2Config,
+            pretraining_class=models.E2Model,
+            tiny_preset="e2-tiny",
+            default_preset="e2-tiny",
+            base_preset="e2-clip-vit-b32",
+            image_processor_type="clip",
+            entity_inputs=True,
+            default_sampler="one_per_product",
+            pretrained_lr=5e-4,
+            text_checkpoint=False,
+            vision_checkpoint="clip",
+            two_stage=True,
+        ),
+        ModelSpec(
+            name="fashionfae",
+            config_class=models.FashionFAEConfig,
+            pretraining_class=models.FashionFAEForPreTraining,
+            tiny_preset="fashionfae-tiny",
+            default_preset="fashionfae-tiny",
+            base_preset="fashionfae-base",
+            # The attribute-templated text for AETP and for its plain-MLM ablation alike, so that the ablation
+            # changes only the objective, not what the model reads.
+            text_format="attributes",
+            task_per_step=True,
+        ),
+    )
+}
+
+
+def get_spec(name_or_config) -> ModelSpec:
+    """The spec of a model name or of a config (by its `model_type`)."""
+    name = name_or_config if isinstance(name_or_config, str) else getattr(name_or_config, "model_type", None)
+    if name not in SPECS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(SPECS)}")
+    return SPECS[name]
+
+
+__all__ = ["SPECS", "ModelSpec", "get_spec"]
