@@ -41,6 +41,7 @@ from syncmask_hf.evaluation import format_results_markdown, save_results
 from syncmask_hf.evaluation.evaluator import RetrievalEmbeddings
 from syncmask_hf.evaluation.retrieval import DEFAULT_FAISS_THRESHOLD
 from syncmask_hf.models.processing_fashion import FashionCollator
+from syncmask_hf.specs import models_with_head, task_head
 
 TASKS = ("retrieval", "tgir", "classification")
 logger = logging.getLogger("evaluate")
@@ -158,11 +159,13 @@ def run_retrieval(args, model, config, split, collator):
         sample100_kwargs=s100_queries,
     )
     if args.rerank_k:
-        if config.model_type != "syncmask":
-            raise SystemExit(f"error: --rerank_k needs an ITM head (SyncMask); {config.model_type} has none")
-        from syncmask_hf import SyncMaskForImageTextRetrieval
-
-        itm_model = SyncMaskForImageTextRetrieval.from_pretrained(args.model_path).to(args.device).eval()
+        itm_class = task_head(config, "retrieval")
+        if itm_class is None:
+            raise SystemExit(
+                f"error: --rerank_k needs an ITM head ({', '.join(models_with_head('retrieval'))}); "
+                f"{config.model_type} has none"
+            )
+        itm_model = itm_class.from_pretrained(args.model_path).to(args.device).eval()
         loader = torch.utils.data.DataLoader(split, batch_size=args.batch_size, collate_fn=collator)
         reranker = ITMReranker(itm_model, [b for b in loader if b is not None], args.device, show)
         num_products = len(set(split["product_id"]))

@@ -31,6 +31,7 @@ import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
 from syncmask_hf.evaluation import classification_accuracy, format_results_markdown, save_results
 from syncmask_hf.models.processing_fashion import FashionCollator
+from syncmask_hf.specs import models_with_head, task_head
 
 logger = get_logger(__name__)
 TASKS = {"category": ("category",), "subcategory": ("subcategory",), "both": ("category", "subcategory")}
@@ -93,16 +94,16 @@ def build_model(args, maps):
 
     config = AutoConfig.from_pretrained(args.model_path, trust_remote_code=True)
     head = args.head
+    fusion_head = task_head(config, "classification")
     if head == "auto":
-        head = "fusion" if config.model_type == "syncmask" else "linear"
+        head = "fusion" if fusion_head else "linear"
     if head == "fusion":
-        if config.model_type != "syncmask":
+        if fusion_head is None:
             raise SystemExit(
-                f"error: the fusion head exists for SyncMask only, not {config.model_type}; use --head linear"
+                f"error: the fusion head exists for {', '.join(models_with_head('classification'))} only, not "
+                f"{config.model_type}; use --head linear"
             )
-        from syncmask_hf import SyncMaskForProductClassification
-
-        model = SyncMaskForProductClassification.from_pretrained(
+        model = fusion_head.from_pretrained(
             args.model_path,
             num_categories=len(maps.get("category", [])),
             num_subcategories=len(maps.get("subcategory", [])),

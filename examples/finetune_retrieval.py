@@ -34,6 +34,7 @@ import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
 from syncmask_hf.evaluation import format_results_markdown, save_results
 from syncmask_hf.models.processing_fashion import FashionCollator
+from syncmask_hf.specs import task_head
 
 logger = get_logger(__name__)
 DEFAULT_OVERRIDES = {"syncmask": {"mlm_weight": 0.0, "mim_weight": 0.0}}
@@ -61,7 +62,8 @@ def load_model(args):
     config = AutoConfig.from_pretrained(args.model_path, trust_remote_code=True)
     objective = args.objective
     if objective == "auto":
-        objective = "itc_itm" if config.model_type == "syncmask" else "itc"
+        # Models with an ITM head fine-tune it with ITC; the others fine-tune their two towers with ITC alone.
+        objective = "itc_itm" if task_head(config, "retrieval") else "itc"
     processor = AutoProcessor.from_pretrained(args.model_path, trust_remote_code=True)
     if objective == "itc":
         model = AutoModel.from_pretrained(args.model_path, trust_remote_code=True)

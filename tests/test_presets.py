@@ -15,7 +15,7 @@ from PIL import Image
 
 import syncmask_hf
 from syncmask_hf import list_presets, preset_path
-from syncmask_hf.specs import SPECS, get_spec
+from syncmask_hf.specs import SPECS, get_spec, models_with_head, task_head
 from syncmask_hf.training import build_processor, collator_mode, resolve_config_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,3 +108,17 @@ def test_one_spec_drives_the_processor_and_the_collator():
     assert syncmask_hf.FashionCollator(processor, mode="pairs").mode == "syncmask"
     with pytest.raises(ValueError, match="unknown model 'clip'"):
         get_spec("clip")
+    # The fine-tuning scripts find a model's own heads through its spec; other models get the generic ones.
+    syncmask = SPECS["syncmask"].config_class.from_pretrained(preset_path("syncmask-tiny"))
+    assert task_head(syncmask, "tgir") is syncmask_hf.SyncMaskForTextGuidedImageRetrieval
+    assert task_head(syncmask, "classification") is syncmask_hf.SyncMaskForProductClassification
+    assert task_head(config, "retrieval") is None and models_with_head("retrieval") == ["syncmask"]
+
+
+def test_every_spec_is_registered_with_the_auto_classes():
+    import transformers
+
+    for name, spec in SPECS.items():
+        assert transformers.AutoConfig.for_model(name).__class__ is spec.config_class
+        for auto, model_class in spec.auto_classes.items():
+            assert getattr(transformers, auto)._model_mapping[spec.config_class] is model_class

@@ -8,13 +8,8 @@ package.
 
 __version__ = "0.1.0"
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForPreTraining,
-    AutoModelForZeroShotImageClassification,
-    AutoProcessor,
-)
+import transformers
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from . import data, evaluation
 from .captioning import caption_images, train_decap
@@ -60,25 +55,20 @@ from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
 from .specs import SPECS, ModelSpec, get_spec
 
 # --- Auto registration ---------------------------------------------------------------------------------------------
-AutoConfig.register("syncmask", SyncMaskConfig, exist_ok=True)
-AutoModel.register(SyncMaskConfig, SyncMaskModel, exist_ok=True)
-AutoModelForPreTraining.register(SyncMaskConfig, SyncMaskForPreTraining, exist_ok=True)
+# Each model's Auto classes come from its spec. The processor is found by name from processor_config.json and for
+# each model config; `register_for_auto_class` makes save_pretrained write `auto_map` so Hub copies load with
+# trust_remote_code.
+FashionProcessor.register_for_auto_class("AutoProcessor")
+for _spec in SPECS.values():
+    AutoConfig.register(_spec.name, _spec.config_class, exist_ok=True)
+    for _auto, _model_class in _spec.auto_classes.items():
+        getattr(transformers, _auto).register(_spec.config_class, _model_class, exist_ok=True)
+    AutoProcessor.register(_spec.config_class, FashionProcessor, exist_ok=True)
 # The captioner is the whole model and generates, but always from an embedding prefix, so it is an AutoModel and
-# not an AutoModelForCausalLM (whose contract is generating from input_ids alone).
+# not an AutoModelForCausalLM (whose contract is generating from input_ids alone). It is no pretraining model, so
+# it has no spec.
 AutoConfig.register("fashion_decap", FashionDeCapConfig, exist_ok=True)
 AutoModel.register(FashionDeCapConfig, FashionDeCapForCaptioning, exist_ok=True)
-AutoConfig.register("e2", E2Config, exist_ok=True)
-AutoModel.register(E2Config, E2Model, exist_ok=True)
-AutoModelForZeroShotImageClassification.register(E2Config, E2Model, exist_ok=True)
-AutoConfig.register("fashionfae", FashionFAEConfig, exist_ok=True)
-AutoModel.register(FashionFAEConfig, FashionFAEModel, exist_ok=True)
-AutoModelForPreTraining.register(FashionFAEConfig, FashionFAEForPreTraining, exist_ok=True)
-
-# The processor: found by name from processor_config.json and for each of the package's model configs;
-# `register_for_auto_class` makes save_pretrained write `auto_map` so Hub copies load with trust_remote_code.
-FashionProcessor.register_for_auto_class("AutoProcessor")
-for _config in (SyncMaskConfig, E2Config, FashionFAEConfig):
-    AutoProcessor.register(_config, FashionProcessor, exist_ok=True)
 
 __all__ = [
     "__version__",

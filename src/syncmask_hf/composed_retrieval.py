@@ -137,19 +137,21 @@ def load_tgir_model(folder: str | os.PathLike, head: str = "auto"):
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
+    from .specs import models_with_head, task_head
+
+    fusion_head = task_head(config, "tgir")
     if head == "auto":
-        head = (
-            "fusion" if config.model_type == "syncmask" and not Path(folder, COMBINER_CONFIG).is_file() else "combiner"
-        )
+        head = "fusion" if fusion_head and not Path(folder, COMBINER_CONFIG).is_file() else "combiner"
     if head not in ("fusion", "combiner"):
         raise ValueError(f"TGIR head must be 'auto', 'fusion' or 'combiner', got {head!r}")
     processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
     if head == "fusion":
-        if config.model_type != "syncmask":
-            raise ValueError(f"the fusion TGIR head exists for SyncMask only, not {config.model_type}; use 'combiner'")
-        from .models.modeling_syncmask import SyncMaskForTextGuidedImageRetrieval
-
-        return SyncMaskForTextGuidedImageRetrieval.from_pretrained(str(folder)), processor, head
+        if fusion_head is None:
+            raise ValueError(
+                f"the fusion TGIR head exists for {', '.join(models_with_head('tgir'))} only, not "
+                f"{config.model_type}; use 'combiner'"
+            )
+        return fusion_head.from_pretrained(str(folder)), processor, head
     base = AutoModel.from_pretrained(str(folder), trust_remote_code=True)
     return ComposedQueryModel.from_folder(base, folder), processor, head
 

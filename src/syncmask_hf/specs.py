@@ -19,8 +19,13 @@ class ModelSpec:
 
     name: `--model` and the config's `model_type`; also the `FashionCollator` mode.
     config_class / pretraining_class: what `pretrain.py` builds.
+    auto_classes: transformers Auto class name -> the model class it resolves for this config (registered on
+        `import syncmask_hf`, with `AutoConfig` and `AutoProcessor`).
     tiny_preset / default_preset / base_preset: tests' size, `pretrain.py`'s default (learns something in a few
         CPU minutes), the paper's size.
+    task_heads: task -> the class of the model's own head for it, built on its fusion encoder: "classification"
+        (fine-tuning on fused states), "retrieval" (ITM re-ranking of ITC's top K), "tgir" (text-guided image
+        retrieval). Tasks without one use the generic heads over `get_image_features` / `get_text_features`.
     image_processor_type: "vit" or "clip" normalisation and resizing.
     processor_kwargs: further `FashionProcessor` options.
     entity_inputs: the processor returns the config's entities as tensors (E2).
@@ -41,6 +46,8 @@ class ModelSpec:
     tiny_preset: str
     default_preset: str
     base_preset: str
+    auto_classes: dict[str, type] = field(default_factory=dict)
+    task_heads: dict[str, type] = field(default_factory=dict)
     image_processor_type: str = "vit"
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     entity_inputs: bool = False
@@ -74,6 +81,12 @@ SPECS: dict[str, ModelSpec] = {
             tiny_preset="syncmask-tiny",
             default_preset="syncmask-small",
             base_preset="syncmask-base",
+            auto_classes={"AutoModel": models.SyncMaskModel, "AutoModelForPreTraining": models.SyncMaskForPreTraining},
+            task_heads={
+                "classification": models.SyncMaskForProductClassification,
+                "retrieval": models.SyncMaskForImageTextRetrieval,
+                "tgir": models.SyncMaskForTextGuidedImageRetrieval,
+            },
             # Batches of one sub-category give a random-init model nothing it can contrast (both towers collapse
             # within ~40 steps): random batches first, then semi-hard ones; semi-hard from the start only when both
             # towers start trained (examples/README.md).
@@ -87,6 +100,7 @@ SPECS: dict[str, ModelSpec] = {
             tiny_preset="e2-tiny",
             default_preset="e2-tiny",
             base_preset="e2-clip-vit-b32",
+            auto_classes={"AutoModel": models.E2Model, "AutoModelForZeroShotImageClassification": models.E2Model},
             image_processor_type="clip",
             entity_inputs=True,
             default_sampler="one_per_product",
@@ -102,6 +116,10 @@ SPECS: dict[str, ModelSpec] = {
             tiny_preset="fashionfae-tiny",
             default_preset="fashionfae-tiny",
             base_preset="fashionfae-base",
+            auto_classes={
+                "AutoModel": models.FashionFAEModel,
+                "AutoModelForPreTraining": models.FashionFAEForPreTraining,
+            },
             # The attribute-templated text for AETP and for its plain-MLM ablation alike, so that the ablation
             # changes only the objective, not what the model reads.
             text_format="attributes",
@@ -119,4 +137,16 @@ def get_spec(name_or_config) -> ModelSpec:
     return SPECS[name]
 
 
-__all__ = ["SPECS", "ModelSpec", "get_spec"]
+def task_head(config, task: str) -> type | None:
+    """The class of `config`'s model's own head for `task` ("classification", "retrieval", "tgir"), or None (no
+    such head, or a model type without a spec)."""
+    spec = SPECS.get(getattr(config, "model_type", None))
+    return spec.task_heads.get(task) if spec else None
+
+
+def models_with_head(task: str) -> list[str]:
+    """Names of the models that have their own head for `task` (for error messages)."""
+    return [name for name, spec in SPECS.items() if task in spec.task_heads]
+
+
+__all__ = ["SPECS", "ModelSpec", "get_spec", "models_with_head", "task_head"]

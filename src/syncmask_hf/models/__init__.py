@@ -14,7 +14,13 @@ from .configuration_syncmask import SyncMaskConfig
 from .modeling_decap import FashionDeCapForCaptioning
 from .modeling_e2 import E2Model
 from .modeling_fashionfae import FashionFAEForPreTraining, FashionFAEModel
-from .modeling_syncmask import SyncMaskForPreTraining, SyncMaskModel
+from .modeling_syncmask import (
+    SyncMaskForImageTextRetrieval,
+    SyncMaskForPreTraining,
+    SyncMaskForProductClassification,
+    SyncMaskForTextGuidedImageRetrieval,
+    SyncMaskModel,
+)
 from .processing_fashion import FashionProcessor
 
 __all__ = [
@@ -27,6 +33,9 @@ __all__ = [
     "FashionFAEModel",
     "FashionProcessor",
     "SyncMaskConfig",
+    "SyncMaskForImageTextRetrieval",
     "SyncMaskForPreTraining",
+    "SyncMaskForProductClassification",
+    "SyncMaskForTextGuidedImageRetrieval",
     "SyncMaskModel",
 ]
