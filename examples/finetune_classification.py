@@ -50,9 +50,7 @@ class ImageFeatureClassifier(nn.Module):
             model.requires_grad_(False)
 
     def forward(self, pixel_values, category_labels=None, subcategory_labels=None, **kwargs):
-        from syncmask_hf.features import features_tensor
-
-        features = features_tensor(self.model.get_image_features(pixel_values=pixel_values), "image")
+        features = self.model.get_image_features(pixel_values=pixel_values).pooler_output
         labels = {"category": category_labels, "subcategory": subcategory_labels}
         out, losses = {}, []
         for name, head in self.heads.items():

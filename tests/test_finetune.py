@@ -221,8 +221,8 @@ def test_contrastive_and_composed_wrappers_train_on_clip_interface(assets):
     composed = ComposedQueryModel(base)
     query = composed.get_query_features(pixels, ids, torch.ones_like(ids))
     # an untrained combiner is exactly the normalize(image + text) baseline
-    image = torch.nn.functional.normalize(base.get_image_features(pixels), dim=-1)
-    text = torch.nn.functional.normalize(base.get_text_features(ids, torch.ones_like(ids)), dim=-1)
+    image = torch.nn.functional.normalize(base.get_image_features(pixels).pooler_output, dim=-1)
+    text = torch.nn.functional.normalize(base.get_text_features(ids, torch.ones_like(ids)).pooler_output, dim=-1)
     torch.testing.assert_close(query, torch.nn.functional.normalize(image + text, dim=-1))
     out = composed(pixels, ids, torch.ones_like(ids), target_pixel_values=pixels)
     out.loss.backward()

@@ -109,8 +109,8 @@ def published(hub, tmp_path_factory):
             "pixel_values": pixel_values,
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "image_embeds": model.get_image_features(pixel_values),
-            "text_embeds": model.get_text_features(text["input_ids"], text["attention_mask"]),
+            "image_embeds": model.get_image_features(pixel_values).pooler_output,
+            "text_embeds": model.get_text_features(text["input_ids"], text["attention_mask"]).pooler_output,
         }
     torch.save(reference, tmp / "reference.pt")
 
@@ -170,8 +170,8 @@ def test_downloaded_model_loads_in_a_fresh_process_without_the_package(published
         """
         from PIL import Image
         with torch.no_grad():
-            image = model.get_image_features(ref["pixel_values"])
-            text = model.get_text_features(ref["input_ids"], ref["attention_mask"])
+            image = model.get_image_features(ref["pixel_values"]).pooler_output
+            text = model.get_text_features(ref["input_ids"], ref["attention_mask"]).pooler_output
         torch.testing.assert_close(image, ref["image_embeds"], rtol=0, atol=1e-6)
         torch.testing.assert_close(text, ref["text_embeds"], rtol=0, atol=1e-6)
         Image.new("RGB", (40, 48), (200, 30, 30)).save("product.jpg")

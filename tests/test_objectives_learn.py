@@ -18,7 +18,6 @@ import syncmask_hf
 from syncmask_hf import training
 from syncmask_hf.data import load_synthetic
 from syncmask_hf.evaluation import mean_pairwise_cosine
-from syncmask_hf.features import features_tensor
 from syncmask_hf.models.modeling_fashionfae import itm_pairs
 
 
@@ -78,10 +77,8 @@ def train_steps(model, collator, catalog, indices, steps: int, batch_size: int =
 def held_out_embeddings(model, collator, catalog, indices):
     model.eval()
     batch = collator([catalog[i] for i in indices])
-    image = F.normalize(features_tensor(model.get_image_features(pixel_values=batch["pixel_values"]), "image"), dim=-1)
-    text = F.normalize(
-        features_tensor(model.get_text_features(batch["input_ids"], batch["attention_mask"]), "text"), dim=-1
-    )
+    image = F.normalize(model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output, dim=-1)
+    text = F.normalize(model.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output, dim=-1)
     model.train()
     return image, text, batch["product_ids"]
 
@@ -168,9 +165,9 @@ def test_syncmask_pooling_and_patch_score_switches_change_the_computation(catalo
     model, collator = build("syncmask")
     batch = collator([catalog[i] for i in range(8)])
     with torch.no_grad():
-        mean = model.syncmask.get_text_features(batch["input_ids"], batch["attention_mask"])
+        mean = model.syncmask.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
         model.config.pooling = "cls"
-        cls = model.syncmask.get_text_features(batch["input_ids"], batch["attention_mask"])
+        cls = model.syncmask.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
     assert not torch.allclose(mean, cls)
     from syncmask_hf.models.masking import synchronized_scores
 

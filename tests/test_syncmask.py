@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from syncmask_hf import (
     GroupedSemiHardBatchSampler,
@@ -59,8 +60,13 @@ def test_shapes_and_features():
     assert out.logits_per_image.shape == (4, 4) and out.itm_logits.shape == (4, 2)
     assert len(out.cross_attentions) == 2 and out.cross_attentions[0].shape == (4, 2, 12, 17)
     torch.testing.assert_close(out.cross_attentions[0].sum(-1), torch.ones(4, 2, 12))
-    torch.testing.assert_close(model.get_image_features(inputs["pixel_values"]), out.image_embeds)
-    torch.testing.assert_close(model.get_text_features(inputs["input_ids"], inputs["attention_mask"]), out.text_embeds)
+    # CLIP's contract: `pooler_output` is the unnormalised ITC embedding; the forward's embeddings are normalised
+    image = model.get_image_features(inputs["pixel_values"])
+    text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    assert image.last_hidden_state.shape == (4, 17, 32) and text.last_hidden_state.shape[:2] == (4, 12)
+    torch.testing.assert_close(F.normalize(image.pooler_output, dim=-1), out.image_embeds)
+    torch.testing.assert_close(F.normalize(text.pooler_output, dim=-1), out.text_embeds)
+    torch.testing.assert_close(out.logits_per_image, out.image_embeds @ out.text_embeds.t() * model.logit_scale.exp())
     score = model.get_itm_score(**inputs)
     assert score.shape == (4,) and bool(((score >= 0) & (score <= 1)).all())
 
@@ -157,15 +163,15 @@ def test_save_load_round_trip_without_teacher(tmp_path):
     loaded = SyncMaskForPreTraining.from_pretrained(tmp_path).eval()
     inputs = batch()
     torch.testing.assert_close(
-        loaded.syncmask.get_image_features(inputs["pixel_values"]),
-        model.syncmask.get_image_features(inputs["pixel_values"]),
+        loaded.syncmask.get_image_features(inputs["pixel_values"]).pooler_output,
+        model.syncmask.get_image_features(inputs["pixel_values"]).pooler_output,
     )
     for t, s in zip(loaded.teacher.parameters(), loaded.syncmask.parameters()):
         assert torch.equal(t, s) and not t.requires_grad
     base = SyncMaskModel.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(
-        base.get_text_features(inputs["input_ids"], inputs["attention_mask"]),
-        model.syncmask.get_text_features(inputs["input_ids"], inputs["attention_mask"]),
+        base.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output,
+        model.syncmask.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output,
     )
 
 
@@ -174,8 +180,8 @@ def test_remote_code_loads_without_package(tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     inputs = batch()
     torch.save(inputs, tmp_path / "inputs.pt")
-    expected = model.get_image_features(inputs["pixel_values"])
-    expected_text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    expected = model.get_image_features(inputs["pixel_values"]).pooler_output
+    expected_text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
     script = textwrap.dedent(
         f"""
         import sys
@@ -187,8 +193,8 @@ def test_remote_code_loads_without_package(tmp_path):
         assert type(model).__name__ == "SyncMaskModel"
         inputs = torch.load({str(tmp_path / "inputs.pt")!r})
         with torch.no_grad():
-            torch.save({{"image": model.get_image_features(inputs["pixel_values"]),
-                        "text": model.get_text_features(inputs["input_ids"], inputs["attention_mask"])}},
+            torch.save({{"image": model.get_image_features(inputs["pixel_values"]).pooler_output,
+                        "text": model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output}},
                        {str(tmp_path / "out.pt")!r})
         """
     )

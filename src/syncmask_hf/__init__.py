@@ -23,13 +23,23 @@ from .models.configuration_fashionfae import FashionFAEConfig
 from .models.configuration_syncmask import SyncMaskConfig
 from .models.masking import synchronized_masks, synchronized_scores
 from .models.modeling_decap import FashionDeCapForCaptioning, FashionDeCapOutput, FashionDeCapPreTrainedModel
-from .models.modeling_e2 import E2FusionBlock, E2Model, E2Output, E2PreTrainedModel, E2VisionOutput
+from .models.modeling_e2 import (
+    E2FusionBlock,
+    E2Model,
+    E2Output,
+    E2PreTrainedModel,
+    E2TextModelWithProjection,
+    E2VisionModelWithProjection,
+    E2VisionOutput,
+)
 from .models.modeling_fashionfae import (
     FashionFAEForPreTraining,
     FashionFAEForPreTrainingOutput,
     FashionFAEModel,
     FashionFAEOutput,
     FashionFAEPreTrainedModel,
+    FashionFAETextModelWithProjection,
+    FashionFAEVisionModelWithProjection,
 )
 from .models.modeling_syncmask import (
     SyncMaskForImageTextRetrieval,
@@ -38,6 +48,8 @@ from .models.modeling_syncmask import (
     SyncMaskForTextGuidedImageRetrieval,
     SyncMaskModel,
     SyncMaskPreTrainedModel,
+    SyncMaskTextModelWithProjection,
+    SyncMaskVisionModelWithProjection,
 )
 from .models.pretrained import minilm_path, resolve_pretrained
 from .models.processing_fashion import (
@@ -91,6 +103,8 @@ __all__ = [
     "E2Model",
     "E2Output",
     "E2PreTrainedModel",
+    "E2TextModelWithProjection",
+    "E2VisionModelWithProjection",
     "E2VisionOutput",
     "FashionFAEConfig",
     "FashionFAEForPreTraining",
@@ -98,6 +112,8 @@ __all__ = [
     "FashionFAEModel",
     "FashionFAEOutput",
     "FashionFAEPreTrainedModel",
+    "FashionFAETextModelWithProjection",
+    "FashionFAEVisionModelWithProjection",
     "FashionFAETaskSampler",
     "OneImagePerProductSampler",
     "FashionCollator",
@@ -112,6 +128,8 @@ __all__ = [
     "SyncMaskForTextGuidedImageRetrieval",
     "SyncMaskModel",
     "SyncMaskPreTrainedModel",
+    "SyncMaskTextModelWithProjection",
+    "SyncMaskVisionModelWithProjection",
     "data",
     "evaluation",
     "load_catalog",

@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from .features import features_tensor
 from .training import parameter_groups
 
-__all__ = ["train_decap", "caption_images", "encode_texts", "encode_images", "features_tensor"]
+__all__ = ["train_decap", "caption_images", "encode_texts", "encode_images"]
 
 
 @torch.no_grad()
@@ -38,7 +37,7 @@ def encode_texts(
             input_ids=input_ids[start : start + batch_size].to(device),
             attention_mask=attention_mask[start : start + batch_size].to(device),
         )
-        chunks.append(F.normalize(features_tensor(out).float(), dim=-1).cpu())
+        chunks.append(F.normalize(out.pooler_output.float(), dim=-1).cpu())
     return torch.cat(chunks)
 
 
@@ -54,7 +53,7 @@ def encode_images(encoder, pixel_values: torch.Tensor | Iterable, batch_size: in
         if isinstance(batch, dict):
             batch = batch["pixel_values"]
         out = encoder.get_image_features(pixel_values=batch.to(device))
-        chunks.append(F.normalize(features_tensor(out).float(), dim=-1).cpu())
+        chunks.append(F.normalize(out.pooler_output.float(), dim=-1).cpu())
     return torch.cat(chunks)
 
 

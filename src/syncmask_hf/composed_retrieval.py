@@ -30,12 +30,6 @@ COMBINER_WEIGHTS = "tgir_combiner.safetensors"
 COMBINER_CONFIG = "tgir_combiner.json"
 
 
-def _embeds(output, kind: str) -> torch.Tensor:
-    from .features import features_tensor
-
-    return features_tensor(output, kind)
-
-
 class ComposedQueryModel(nn.Module):
     """A dual encoder + a learned combiner for TGIR (see the module docstring). ``forward`` mirrors
     `SyncMaskForTextGuidedImageRetrieval.forward`: contrastive loss of the composed queries against the batch's
@@ -57,14 +51,14 @@ class ComposedQueryModel(nn.Module):
         nn.init.zeros_(self.combiner[2].bias)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def get_image_features(self, pixel_values):
-        return F.normalize(_embeds(self.model.get_image_features(pixel_values=pixel_values), "image"), dim=-1)
+    def get_target_features(self, pixel_values):
+        """Normalised embeddings of the gallery images the queries are matched against."""
+        return F.normalize(self.model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
 
     def get_query_features(self, pixel_values, input_ids, attention_mask=None):
-        image = self.get_image_features(pixel_values)
-        text = F.normalize(
-            _embeds(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), "text"), dim=-1
-        )
+        image = self.get_target_features(pixel_values)
+        text = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        text = F.normalize(text, dim=-1)
         return F.normalize(image + text + self.combiner(torch.cat([image, text], dim=-1)), dim=-1)
 
     def forward(
@@ -73,7 +67,7 @@ class ComposedQueryModel(nn.Module):
         from .models.losses import contrastive_loss, multi_positive_targets
 
         query = self.get_query_features(pixel_values, input_ids, attention_mask)
-        target = self.get_image_features(target_pixel_values)
+        target = self.get_target_features(target_pixel_values)
         logits = self.logit_scale.clamp(max=math.log(100.0)).exp() * query @ target.t()
         ids = target_ids if target_ids is not None else torch.arange(query.shape[0], device=query.device)
         targets = multi_positive_targets(ids, ids)
@@ -115,19 +109,15 @@ class TGIRAdapter:
     ``image(pixel_values)``, L2-normalised, in the space the targets are matched in."""
 
     def __init__(self, model: nn.Module):
-        self.model = model
-        if hasattr(model, "get_query_features") and hasattr(model, "syncmask"):
-            self.image_fn = model.syncmask.get_image_features
-        elif hasattr(model, "get_query_features"):
-            self.image_fn = model.get_image_features
-        else:
+        if not hasattr(model, "get_query_features"):
             raise TypeError(f"{type(model).__name__} has no get_query_features: wrap it in ComposedQueryModel")
+        self.model = model
 
     def query(self, pixel_values, input_ids, attention_mask):
         return F.normalize(self.model.get_query_features(pixel_values, input_ids, attention_mask), dim=-1)
 
     def image(self, pixel_values):
-        return F.normalize(_embeds(self.image_fn(pixel_values), "image"), dim=-1)
+        return self.model.get_target_features(pixel_values)
 
 
 def load_tgir_model(folder: str | os.PathLike, head: str = "auto"):

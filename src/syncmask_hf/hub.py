@@ -227,14 +227,15 @@ def usage_snippet(folder: str | os.PathLike, repo_id: str) -> str:
     if image_call:
         lines += [
             f"    image_inputs = {image_call}",
-            '    image_embeds = model.get_image_features(pixel_values=image_inputs["pixel_values"])',
+            "    # CLIP's (transformers 5) contract: `pooler_output` is the joint-space embedding, not normalised",
+            '    image_embeds = model.get_image_features(pixel_values=image_inputs["pixel_values"]).pooler_output',
         ]
     if text_call:
         lines += [
             f"    text_inputs = {text_call}",
             "    text_embeds = model.get_text_features(",
             '        input_ids=text_inputs["input_ids"], attention_mask=text_inputs["attention_mask"]',
-            "    )",
+            "    ).pooler_output",
         ]
     if image_call and text_call:
         lines += [

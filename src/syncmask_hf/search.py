@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from .features import features_tensor
-
 logger = logging.getLogger(__name__)
 
 # Uploads larger than this (in pixels) are refused before decoding: a decompression bomb must not take the server.
@@ -153,7 +151,7 @@ class CatalogSearch:
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         inputs = self.processor(images=images, return_tensors="pt")
         feats = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
-        return F.normalize(features_tensor(feats).float(), dim=-1).cpu()
+        return F.normalize(feats.pooler_output.float(), dim=-1).cpu()
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -161,7 +159,7 @@ class CatalogSearch:
         feats = self.model.get_text_features(
             input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
         )
-        return F.normalize(features_tensor(feats).float(), dim=-1).cpu()
+        return F.normalize(feats.pooler_output.float(), dim=-1).cpu()
 
     def _build_index(self, catalog_key: str) -> None:
         from tqdm.auto import tqdm
@@ -231,7 +229,7 @@ class CatalogSearch:
     def attributes(self, image) -> dict[str, tuple[str, float]]:
         """Zero-shot attributes: each attribute's catalogue values scored against the image, softmax over values."""
         emb = self.encode_images([open_image(image)])[0]
-        # The model's own contrastive scale where it has one (CLIP-style); SyncMask-style models use a temperature.
+        # The model's own contrastive scale (CLIP's `logit_scale`, which all three models keep); 100 without one.
         scale = float(self.model.logit_scale.detach().exp()) if hasattr(self.model, "logit_scale") else 100.0
         out = {}
         for attribute in ATTRIBUTES:

@@ -19,6 +19,9 @@ class ModelSpec:
 
     name: `--model` and the config's `model_type`; also the `FashionCollator` mode.
     config_class / pretraining_class: what `pretrain.py` builds.
+    vision_class / text_class: one tower with its projection alone (CLIP's `*ModelWithProjection`): loads from any
+        folder of the model; `forward` returns `get_image_features` / `get_text_features` (feature-extraction
+        pipelines, serving one side).
     auto_classes: transformers Auto class name -> the model class it resolves for this config (registered on
         `import syncmask_hf`, with `AutoConfig` and `AutoProcessor`).
     tiny_preset / default_preset / base_preset: tests' size, `pretrain.py`'s default (learns something in a few
@@ -46,6 +49,8 @@ class ModelSpec:
     tiny_preset: str
     default_preset: str
     base_preset: str
+    vision_class: type | None = None
+    text_class: type | None = None
     auto_classes: dict[str, type] = field(default_factory=dict)
     task_heads: dict[str, type] = field(default_factory=dict)
     image_processor_type: str = "vit"
@@ -81,7 +86,13 @@ SPECS: dict[str, ModelSpec] = {
             tiny_preset="syncmask-tiny",
             default_preset="syncmask-small",
             base_preset="syncmask-base",
-            auto_classes={"AutoModel": models.SyncMaskModel, "AutoModelForPreTraining": models.SyncMaskForPreTraining},
+            vision_class=models.SyncMaskVisionModelWithProjection,
+            text_class=models.SyncMaskTextModelWithProjection,
+            auto_classes={
+                "AutoModel": models.SyncMaskModel,
+                "AutoModelForPreTraining": models.SyncMaskForPreTraining,
+                "AutoModelForZeroShotImageClassification": models.SyncMaskModel,
+            },
             task_heads={
                 "classification": models.SyncMaskForProductClassification,
                 "retrieval": models.SyncMaskForImageTextRetrieval,
@@ -100,6 +111,8 @@ SPECS: dict[str, ModelSpec] = {
             tiny_preset="e2-tiny",
             default_preset="e2-tiny",
             base_preset="e2-clip-vit-b32",
+            vision_class=models.E2VisionModelWithProjection,
+            text_class=models.E2TextModelWithProjection,
             auto_classes={"AutoModel": models.E2Model, "AutoModelForZeroShotImageClassification": models.E2Model},
             image_processor_type="clip",
             entity_inputs=True,
@@ -116,9 +129,12 @@ SPECS: dict[str, ModelSpec] = {
             tiny_preset="fashionfae-tiny",
             default_preset="fashionfae-tiny",
             base_preset="fashionfae-base",
+            vision_class=models.FashionFAEVisionModelWithProjection,
+            text_class=models.FashionFAETextModelWithProjection,
             auto_classes={
                 "AutoModel": models.FashionFAEModel,
                 "AutoModelForPreTraining": models.FashionFAEForPreTraining,
+                "AutoModelForZeroShotImageClassification": models.FashionFAEModel,
             },
             # The attribute-templated text for AETP and for its plain-MLM ablation alike, so that the ablation
             # changes only the objective, not what the model reads.

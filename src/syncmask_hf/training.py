@@ -680,19 +680,16 @@ class ContrastiveFineTuning(nn.Module):
     """A dual encoder (CLIP's `get_image_features` / `get_text_features`) + a learned temperature, trained with the
     multi-positive contrastive loss (`clip_contrastive_loss`: every image and text of one product are positives,
     gathered across processes). Model-agnostic fine-tuning for any of the package's models (E2, FashionFAE,
-    SyncMask's ITC alone). The temperature starts from the model's own (`logit_scale` as in CLIP, or `temp`),
-    else CLIP's 0.07."""
+    SyncMask's ITC alone). The scale starts from the model's own `logit_scale`, else CLIP's 1 / 0.07."""
 
     def __init__(self, model: nn.Module, init_temperature: float = 0.07):
         super().__init__()
         self.model = model
-        scale = getattr(model, "logit_scale", None)
+        scale = getattr(model, "logit_scale", None)  # CLIP's name, which all three models keep
         if isinstance(scale, torch.Tensor) and scale.numel() == 1:
             init = float(scale.detach())
         else:
-            temp = getattr(model, "temp", None)
-            temp = float(temp.detach()) if isinstance(temp, torch.Tensor) and temp.numel() == 1 else init_temperature
-            init = math.log(1.0 / temp)
+            init = math.log(1.0 / init_temperature)
         self.logit_scale = nn.Parameter(torch.tensor(init))
 
     def get_image_features(self, pixel_values):
@@ -702,11 +699,10 @@ class ContrastiveFineTuning(nn.Module):
         return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
 
     def forward(self, pixel_values, input_ids, attention_mask=None, product_ids=None, **kwargs):
-        from .features import features_tensor as _features
         from .models.losses import clip_contrastive_loss
 
-        image = nn.functional.normalize(_features(self.get_image_features(pixel_values), "image"), dim=-1)
-        text = nn.functional.normalize(_features(self.get_text_features(input_ids, attention_mask), "text"), dim=-1)
+        image = nn.functional.normalize(self.get_image_features(pixel_values).pooler_output, dim=-1)
+        text = nn.functional.normalize(self.get_text_features(input_ids, attention_mask).pooler_output, dim=-1)
         return clip_contrastive_loss(image, text, self.logit_scale.clamp(max=math.log(100.0)), product_ids)
 
 
@@ -719,7 +715,6 @@ def embed_catalog_images(
     ``skip_bad=False``), and the kept indices keep features aligned with the rows' labels."""
     from tqdm.auto import tqdm
 
-    from .features import features_tensor as _features
     from .models.processing_fashion import FashionInputError, load_image
 
     device = device or next(model.parameters()).device
@@ -741,7 +736,7 @@ def embed_catalog_images(
             if not images:
                 continue
             pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
-            features.append(_features(model.get_image_features(pixel_values=pixels), "image").float().cpu())
+            features.append(model.get_image_features(pixel_values=pixels).pooler_output.float().cpu())
             kept.extend(idx)
     finally:
         model.train(was_training)

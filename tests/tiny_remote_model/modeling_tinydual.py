@@ -5,6 +5,7 @@ It imports only its sibling config with a single-dot relative import, as the Hub
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .configuration_tinydual import TinyDualConfig
 
@@ -29,14 +30,18 @@ class TinyDualModel(PreTrainedModel):
         self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+    # CLIP's (transformers 5) contract: `pooler_output` is the projected, unnormalised embedding.
+    def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+        out = self.vision_model(pixel_values=pixel_values)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=out.last_hidden_state, pooler_output=self.visual_projection(out.pooler_output)
+        )
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.text_projection(hidden[:, 0])
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.text_projection(hidden[:, 0]))
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None):
-        image_embeds = self.get_image_features(pixel_values)
-        text_embeds = self.get_text_features(input_ids, attention_mask)
+        image_embeds = self.get_image_features(pixel_values).pooler_output
+        text_embeds = self.get_text_features(input_ids, attention_mask).pooler_output
         return nn.functional.normalize(image_embeds, dim=-1) @ nn.functional.normalize(text_embeds, dim=-1).T

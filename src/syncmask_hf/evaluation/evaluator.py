@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..features import features_tensor
 from .retrieval import retrieval_recall, sample100_recall
 
 
@@ -122,8 +121,8 @@ class RetrievalEvaluator:
                     input_ids=batch["input_ids"].to(self.device),
                     attention_mask=batch["attention_mask"].to(self.device),
                 )
-                images.append(features_tensor(img, "image").float().cpu())
-                texts.append(features_tensor(txt, "text").float().cpu())
+                images.append(img.pooler_output.float().cpu())
+                texts.append(txt.pooler_output.float().cpu())
                 pids.extend(_column(batch, "product_ids", n))
                 t = _column(batch, "text_ids", n)
                 s = _column(batch, "subcategory", n)

@@ -12,25 +12,36 @@ from .configuration_e2 import E2Config
 from .configuration_fashionfae import FashionFAEConfig
 from .configuration_syncmask import SyncMaskConfig
 from .modeling_decap import FashionDeCapForCaptioning
-from .modeling_e2 import E2Model
-from .modeling_fashionfae import FashionFAEForPreTraining, FashionFAEModel
+from .modeling_e2 import E2Model, E2TextModelWithProjection, E2VisionModelWithProjection
+from .modeling_fashionfae import (
+    FashionFAEForPreTraining,
+    FashionFAEModel,
+    FashionFAETextModelWithProjection,
+    FashionFAEVisionModelWithProjection,
+)
 from .modeling_syncmask import (
     SyncMaskForImageTextRetrieval,
     SyncMaskForPreTraining,
     SyncMaskForProductClassification,
     SyncMaskForTextGuidedImageRetrieval,
     SyncMaskModel,
+    SyncMaskTextModelWithProjection,
+    SyncMaskVisionModelWithProjection,
 )
 from .processing_fashion import FashionProcessor
 
 __all__ = [
     "E2Config",
     "E2Model",
+    "E2TextModelWithProjection",
+    "E2VisionModelWithProjection",
     "FashionDeCapConfig",
     "FashionDeCapForCaptioning",
     "FashionFAEConfig",
     "FashionFAEForPreTraining",
     "FashionFAEModel",
+    "FashionFAETextModelWithProjection",
+    "FashionFAEVisionModelWithProjection",
     "FashionProcessor",
     "SyncMaskConfig",
     "SyncMaskForImageTextRetrieval",
@@ -38,4 +49,6 @@ __all__ = [
     "SyncMaskForProductClassification",
     "SyncMaskForTextGuidedImageRetrieval",
     "SyncMaskModel",
+    "SyncMaskTextModelWithProjection",
+    "SyncMaskVisionModelWithProjection",
 ]

@@ -28,6 +28,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
+from .auto_map import extend_auto_map
 from .configuration_e2 import E2Config
 from .losses import (
     clip_contrastive_loss,
@@ -39,20 +40,18 @@ from .losses import (
 
 
 @dataclass
-class E2VisionOutput(ModelOutput):
-    """Image side of E2.
+class E2VisionOutput(BaseModelOutputWithPooling):
+    """Image side of E2: CLIP's `get_image_features` output plus E2's parts.
 
+    last_hidden_state: the final tokens ([selection tokens, CLS] after the last fusion block, else all tokens).
     pooler_output: (B, projection_dim) global image embedding (not normalised), as CLIP's `get_image_features`.
     entity_embeds: (B, num_entities, projection_dim) one embedding per tag entity (None without the regional loss, which trains the entity heads).
     selected_patches: (B, num_selection_tokens, num_fusion_blocks) index (row-major in the patch grid) of the patch
         each selection token picked in each fusion block, for visualisation (None without fusion blocks).
-    last_hidden_state: the final tokens ([selection tokens, CLS] after the last fusion block, else all tokens).
     """
 
-    pooler_output: torch.Tensor | None = None
     entity_embeds: torch.Tensor | None = None
     selected_patches: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
 
 
 @dataclass
@@ -180,6 +179,68 @@ def regional_contrastive_loss(
     return losses
 
 
+def _build_image_side(module: nn.Module, config: E2Config) -> None:
+    """The image tower's parts, under CLIPModel's names, on `module` (E2Model and E2VisionModelWithProjection)."""
+    width = config.vision_config.hidden_size
+    module.vision_model = CLIPVisionModel._from_config(config.vision_config)
+    module.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
+    n_tokens = config.num_selection_tokens
+    module.selection_tokens = nn.Parameter(torch.zeros(n_tokens, width)) if n_tokens else None
+    module.fusion_blocks = nn.ModuleList([E2FusionBlock(config) for _ in range(config.num_fusion_blocks)])
+    # Entity heads only exist with the regional loss that trains them (untrained heads would also be unused
+    # parameters under DistributedDataParallel).
+    module.entity_heads = (
+        nn.ModuleDict({name: E2EntityHead(config) for name in config.entities}) if config.use_regional_loss else None
+    )
+
+
+def _build_text_side(module: nn.Module, config: E2Config) -> None:
+    module.text_model = CLIPTextModel._from_config(config.text_config)
+    module.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+
+
+def _encode_image(module: nn.Module, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> E2VisionOutput:
+    """The CLIP vision layers with the selection tokens and fusion blocks: one pass gives every image output."""
+    config = module.config
+    vision = module.vision_model
+    hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+    s = config.num_selection_tokens
+    if s:
+        tokens = module.selection_tokens.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        hidden = torch.cat([tokens, hidden], dim=1)
+    hidden = vision.pre_layrnorm(hidden)
+    blocks = dict(zip(config.fusion_layers, module.fusion_blocks)) if config.use_fusion_blocks else {}
+    last_block = max(blocks) if blocks else None
+    picks = []
+    for depth, layer in enumerate(vision.encoder.layers, start=1):
+        hidden = layer(hidden, None)
+        if depth in blocks:
+            hidden, index = blocks[depth](hidden, s)
+            picks.append(index)
+            if depth == last_block:  # only the selection tokens and CLS go on
+                hidden = hidden[:, : s + 1]
+    image_embeds = module.visual_projection(vision.post_layernorm(hidden[:, s]))
+    entity_embeds = None
+    if module.entity_heads is not None:
+        t = config.tokens_per_entity
+        entity_embeds = torch.stack(
+            [head(hidden[:, i * t : (i + 1) * t]) for i, head in enumerate(module.entity_heads.values())], dim=1
+        )
+    return E2VisionOutput(
+        pooler_output=image_embeds,
+        entity_embeds=entity_embeds,
+        selected_patches=torch.stack(picks, dim=-1) if picks else None,
+        last_hidden_state=hidden,
+    )
+
+
+def _text_features(module, input_ids, attention_mask=None, position_ids=None) -> BaseModelOutputWithPooling:
+    """CLIP's `get_text_features`: `pooler_output` is the projected (unnormalised) text embedding."""
+    out = module.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    out.pooler_output = module.text_projection(out.pooler_output)
+    return out
+
+
 class E2PreTrainedModel(PreTrainedModel):
     config_class = E2Config
     config: E2Config
@@ -196,31 +257,32 @@ class E2PreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         factor = self.config.initializer_factor
         width = self.config.vision_config.hidden_size
-        if isinstance(module, E2Model):
+        if isinstance(module, (E2Model, E2VisionModelWithProjection, E2TextModelWithProjection)):
             # E2's new parts are initialised here, from the model: transformers skips modules without parameters of
             # their own (E2FusionBlock, E2EntityHead), and their Linear children would otherwise get N(0, 1).
             # The authors' init: N(0, width^-0.5).
-            for block in module.fusion_blocks:
+            for block in getattr(module, "fusion_blocks", ()):
                 for proj in (block.q_proj, block.k_proj, block.v_proj):
                     init.normal_(proj.weight, std=width**-0.5 * factor)
-            for head in (module.entity_heads or {}).values():
+            for head in (getattr(module, "entity_heads", None) or {}).values():
                 init.ones_(head.layernorm.weight)
                 init.zeros_(head.layernorm.bias)
                 init.normal_(head.projection.weight, std=width**-0.5 * factor)
-            if module.selection_tokens is not None:  # like CLIP's class embedding
+            if getattr(module, "selection_tokens", None) is not None:  # like CLIP's class embedding
                 init.normal_(module.selection_tokens, std=width**-0.5 * factor)
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
-            init.normal_(module.visual_projection.weight, std=width**-0.5 * factor)
-            init.normal_(module.text_projection.weight, std=self.config.text_config.hidden_size**-0.5 * factor)
+            if hasattr(module, "logit_scale"):
+                init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if hasattr(module, "visual_projection"):
+                init.normal_(module.visual_projection.weight, std=width**-0.5 * factor)
+            if hasattr(module, "text_projection"):
+                std = self.config.text_config.hidden_size**-0.5 * factor
+                init.normal_(module.text_projection.weight, std=std)
         else:
             super()._init_weights(module)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """Also map `AutoModelForZeroShotImageClassification` in `auto_map`, so the pipeline loads remote copies."""
-        if self._auto_class is not None:
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map.setdefault("AutoModelForZeroShotImageClassification", f"modeling_e2.{type(self).__name__}")
-            self.config.auto_map = auto_map
+        extend_auto_map(self, {"AutoModelForZeroShotImageClassification": E2Model})
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -235,23 +297,9 @@ class E2Model(E2PreTrainedModel):
 
     def __init__(self, config: E2Config):
         super().__init__(config)
-        self.text_model = CLIPTextModel._from_config(config.text_config)
-        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
-        width = config.vision_config.hidden_size
-        self.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        _build_text_side(self, config)
+        _build_image_side(self, config)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-
-        n_tokens = config.num_selection_tokens
-        self.selection_tokens = nn.Parameter(torch.zeros(n_tokens, width)) if n_tokens else None
-        self.fusion_blocks = nn.ModuleList([E2FusionBlock(config) for _ in range(config.num_fusion_blocks)])
-        # Entity heads only exist with the regional loss that trains them (untrained heads would also be unused
-        # parameters under DistributedDataParallel).
-        self.entity_heads = (
-            nn.ModuleDict({name: E2EntityHead(config) for name in config.entities})
-            if config.use_regional_loss
-            else None
-        )
         self.post_init()
 
     # ---------------------------------------------------------------------------------------------------- loading
@@ -323,37 +371,7 @@ class E2Model(E2PreTrainedModel):
     # ------------------------------------------------------------------------------------------------- image side
     def encode_image(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> E2VisionOutput:
         """Run the CLIP vision layers with the selection tokens and fusion blocks; one pass gives every output."""
-        config = self.config
-        vision = self.vision_model
-        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        s = config.num_selection_tokens
-        if s:
-            tokens = self.selection_tokens.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
-            hidden = torch.cat([tokens, hidden], dim=1)
-        hidden = vision.pre_layrnorm(hidden)
-        blocks = dict(zip(config.fusion_layers, self.fusion_blocks)) if config.use_fusion_blocks else {}
-        last_block = max(blocks) if blocks else None
-        picks = []
-        for depth, layer in enumerate(vision.encoder.layers, start=1):
-            hidden = layer(hidden, None)
-            if depth in blocks:
-                hidden, index = blocks[depth](hidden, s)
-                picks.append(index)
-                if depth == last_block:  # only the selection tokens and CLS go on
-                    hidden = hidden[:, : s + 1]
-        image_embeds = self.visual_projection(vision.post_layernorm(hidden[:, s]))
-        entity_embeds = None
-        if self.entity_heads is not None:
-            t = config.tokens_per_entity
-            entity_embeds = torch.stack(
-                [head(hidden[:, i * t : (i + 1) * t]) for i, head in enumerate(self.entity_heads.values())], dim=1
-            )
-        return E2VisionOutput(
-            pooler_output=image_embeds,
-            entity_embeds=entity_embeds,
-            selected_patches=torch.stack(picks, dim=-1) if picks else None,
-            last_hidden_state=hidden,
-        )
+        return _encode_image(self, pixel_values, interpolate_pos_encoding)
 
     def get_image_features(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
@@ -379,9 +397,7 @@ class E2Model(E2PreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """CLIP's interface: `.pooler_output` is the projected (unnormalised) text embedding."""
-        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        out.pooler_output = self.text_projection(out.pooler_output)
-        return out
+        return _text_features(self, input_ids, attention_mask, position_ids)
 
     def get_entity_text_features(
         self,
@@ -490,7 +506,63 @@ class E2Model(E2PreTrainedModel):
         )
 
 
+class E2VisionModelWithProjection(E2PreTrainedModel):
+    """E2's image side alone (CLIPVisionModelWithProjection's role): the CLIP vision tower with the selection tokens,
+    fusion blocks, entity heads and the global projection. `forward(pixel_values)` returns `get_image_features`
+    (an `E2VisionOutput`: `pooler_output` = the global embedding), for `pipeline("image-feature-extraction",
+    model=...)`. Loads from an `E2Model` folder; the text tower's weights are skipped."""
+
+    main_input_name = "pixel_values"
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(?!vision_model\.|visual_projection\.|selection_tokens|fusion_blocks\.|entity_heads\.)"
+    ]
+
+    def __init__(self, config: E2Config):
+        super().__init__(config)
+        _build_image_side(self, config)
+        self.post_init()
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+    ) -> E2VisionOutput:
+        return _encode_image(self, pixel_values, interpolate_pos_encoding)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs) -> E2VisionOutput:
+        return _encode_image(self, pixel_values, interpolate_pos_encoding)
+
+
+class E2TextModelWithProjection(E2PreTrainedModel):
+    """E2's text side alone (CLIPTextModelWithProjection's role): `forward(input_ids, attention_mask)` returns
+    `get_text_features`. Loads from an `E2Model` folder; the image side's weights are skipped."""
+
+    main_input_name = "input_ids"
+    _keys_to_ignore_on_load_unexpected = [r"^(?!text_model\.|text_projection\.)"]
+
+    def __init__(self, config: E2Config):
+        super().__init__(config)
+        _build_text_side(self, config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_model.get_input_embeddings()
+
+    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        return _text_features(self, input_ids, attention_mask, position_ids)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs) -> BaseModelOutputWithPooling:
+        return _text_features(self, input_ids, attention_mask, position_ids)
+
+
 E2Config.register_for_auto_class()
 E2Model.register_for_auto_class("AutoModel")
 
-__all__ = ["E2PreTrainedModel", "E2Model", "E2FusionBlock", "E2EntityHead", "E2Output", "E2VisionOutput"]
+__all__ = [
+    "E2PreTrainedModel",
+    "E2Model",
+    "E2VisionModelWithProjection",
+    "E2TextModelWithProjection",
+    "E2FusionBlock",
+    "E2EntityHead",
+    "E2Output",
+    "E2VisionOutput",
+]

@@ -29,6 +29,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredict
 from transformers.models.vit.modeling_vit import ViTEmbeddings
 from transformers.utils import ModelOutput
 
+from .auto_map import extend_auto_map
 from .configuration_fashionfae import FashionFAEConfig
 from .losses import clip_contrastive_loss, exclusion_mask, itm_loss, masked_lm_loss, sample_negatives
 from .masking import apply_token_mask, block_mask, eligible_tokens, num_to_mask, random_mask
@@ -226,6 +227,28 @@ class FashionFAEForPreTrainingOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    if mask is None:
+        return hidden.mean(dim=1)
+    mask = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def _image_features(module, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+    """CLIP's contract for every class holding the image tower (`vision_model`, `visual_projection`)."""
+    hidden = module.vision_model(pixel_values=pixel_values).last_hidden_state
+    return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=module.visual_projection(hidden.mean(1)))
+
+
+def _text_features(module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> BaseModelOutputWithPooling:
+    """CLIP's contract for every class holding the text tower (`text_model`, `text_projection`)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    hidden = module.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    pooled = module.text_projection(_mean_pool(hidden, attention_mask))
+    return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+
 class FashionFAEPreTrainedModel(PreTrainedModel):
     config_class = FashionFAEConfig
     config: FashionFAEConfig
@@ -236,6 +259,14 @@ class FashionFAEPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["BertLayer", "ViTLayer", "BertEmbeddings", "ViTEmbeddings"]
     _supports_sdpa = True
     _supports_attention_backend = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """The saved `auto_map` names `FashionFAEModel` for AutoModel and zero-shot classification too, so a Hub copy
+        of any registered class (e.g. a pretraining checkpoint) loads the encoders with `trust_remote_code=True`."""
+        extend_auto_map(
+            self, {"AutoModel": FashionFAEModel, "AutoModelForZeroShotImageClassification": FashionFAEModel}
+        )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -317,6 +348,11 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
     layer-normed (`embed_visual`), then appended after the text embeddings. APIR fills masked cells between the two.
     """
 
+    # A pretraining folder's heads are not part of the model: loading one here skips them quietly.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(mlm_head|itm_head|aetp_projection|apir_fused_cls|apir_projection|apir_head)\."
+    ]
+
     def __init__(self, config: FashionFAEConfig):
         super().__init__(config)
         vision_width = config.vision_config.hidden_size
@@ -352,27 +388,17 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
 
     @staticmethod
     def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            return hidden.mean(dim=1)
-        mask = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return _mean_pool(hidden, mask)
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """CLIP's interface: `pooler_output` = projection of the mean-pooled ViT tokens (not normalised)."""
-        hidden = self.encode_image(pixel_values)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=self.visual_projection(hidden.mean(1))
-        )
+        return _image_features(self, pixel_values)
 
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
         """CLIP's interface: `pooler_output` = projection of the mean-pooled text tokens (not normalised)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden = self.encode_text(input_ids, attention_mask)
-        pooled = self.text_projection(self.mean_pool(hidden, attention_mask))
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+        return _text_features(self, input_ids, attention_mask)
 
     def itc_scale(self) -> torch.Tensor:
         """The learnable logit scale in log space, clamped to at most log(100) as in CLIP."""
@@ -439,7 +465,8 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
         return_loss: bool = False,
         **kwargs,
     ) -> FashionFAEOutput:
-        """Unimodal embeddings (normalised), ITC logits and the fused [text; visual] states of the given pairs."""
+        """Unimodal embeddings (normalised), ITC logits between every image and text and, when there are as many
+        images as texts, the fused [text; visual] states of the pairs (image i, text i)."""
         if input_ids is None or pixel_values is None:
             raise ValueError("FashionFAEModel.forward needs input_ids and pixel_values (use get_*_features for one)")
         if attention_mask is None:
@@ -451,7 +478,10 @@ class FashionFAEModel(FashionFAEPreTrainedModel):
         scale = self.itc_scale()
         logits_per_text = scale.exp() * text_embeds @ image_embeds.t()
         loss = clip_contrastive_loss(image_embeds, text_embeds, scale, product_ids) if return_loss else None
-        fused = self.fuse_pair(input_ids, attention_mask, vision_hidden)
+        # Pairs are fused only when there are as many images as texts (zero-shot scores 1 image against N texts).
+        fused = None
+        if input_ids.shape[0] == pixel_values.shape[0]:
+            fused = self.fuse_pair(input_ids, attention_mask, vision_hidden)
         return FashionFAEOutput(
             loss=loss,
             logits_per_image=logits_per_text.t(),
@@ -513,13 +543,9 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         return self.fashionfae.get_text_features(input_ids, attention_mask, **kwargs)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Also names `FashionFAEModel` for AutoModel in the saved `auto_map`, so a Hub copy of a pretraining
-        checkpoint loads with `AutoModel.from_pretrained(repo, trust_remote_code=True)` (encoders, no heads)."""
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.setdefault("AutoModel", f"{FashionFAEModel.__module__.rsplit('.', 1)[-1]}.FashionFAEModel")
-        self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.fashionfae.logit_scale
 
     def get_output_embeddings(self):
         return self.mlm_head.predictions.decoder
@@ -724,6 +750,53 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
 
 
 # save_pretrained writes `auto_map` and copies this code, so Hub copies load with trust_remote_code=True.
+class FashionFAEVisionModelWithProjection(FashionFAEPreTrainedModel):
+    """The image tower and its ITC projection alone (CLIPVisionModelWithProjection's role), for
+    `pipeline("image-feature-extraction", model=...)`: `forward(pixel_values)` returns `get_image_features`. Loads
+    from any FashionFAE folder (base or pretraining); other weights are skipped."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^(?!vision_model\.|visual_projection\.)"]
+
+    def __init__(self, config: FashionFAEConfig):
+        super().__init__(config)
+        self.vision_model = ViTModel(config.vision_config, add_pooling_layer=False, use_mask_token=True)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.embed_dim, bias=False)
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return _image_features(self, pixel_values)
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return _image_features(self, pixel_values)
+
+
+class FashionFAETextModelWithProjection(FashionFAEPreTrainedModel):
+    """The text tower (BERT over the text alone) and its ITC projection (CLIPTextModelWithProjection's role):
+    `forward(input_ids, attention_mask)` returns `get_text_features`. Loads from any FashionFAE folder."""
+
+    main_input_name = "input_ids"
+    _keys_to_ignore_on_load_unexpected = [r"^(?!text_model\.|text_projection\.)"]
+
+    def __init__(self, config: FashionFAEConfig):
+        super().__init__(config)
+        self.text_model = BertModel(config.text_config, add_pooling_layer=False)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_model.get_input_embeddings()
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return _text_features(self, input_ids, attention_mask)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return _text_features(self, input_ids, attention_mask)
+
+
 FashionFAEConfig.register_for_auto_class()
 FashionFAEModel.register_for_auto_class("AutoModel")
 FashionFAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
@@ -731,6 +804,8 @@ FashionFAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 __all__ = [
     "FashionFAEForPreTraining",
     "FashionFAEModel",
+    "FashionFAEVisionModelWithProjection",
+    "FashionFAETextModelWithProjection",
     "FashionFAEPreTrainedModel",
     "FashionFAEFusedCLS",
     "aetp_mask",

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertModel, PreTrainedModel, ViTModel
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertOnlyMLMHead
 from transformers.models.vit.modeling_vit import ViTEmbeddings
 
+from .auto_map import extend_auto_map
 from .configuration_syncmask import SyncMaskConfig
 from .losses import (
     contrastive_loss,
@@ -140,6 +141,42 @@ def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
 
 
+def pool_image(image_hidden: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The image's summary vector: ViT's [CLS] (ALBEF, `pooling="cls"`) or the mean of its patch tokens."""
+    if pooling == "cls":
+        return image_hidden[:, 0]
+    return image_hidden[:, 1:].mean(dim=1)
+
+
+def pool_text(text_hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """The text's summary vector: BERT's [CLS] (ALBEF) or the mean over its attended tokens. Why the presets use
+    the mean: from scratch, [CLS] after a shallow text stack is nearly the same vector for every text (cosine >=
+    0.999 after 150 steps on H&M) and ITC cannot leave that point; token means differ per text."""
+    if pooling == "cls":
+        return text_hidden[:, 0]
+    if attention_mask is None:
+        return text_hidden.mean(dim=1)
+    weights = attention_mask.to(text_hidden.dtype).unsqueeze(-1)
+    return (text_hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _image_features(model, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+    """CLIP's contract, for every class that holds the image tower (`vision_model`, `vision_proj`)."""
+    hidden = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    return BaseModelOutputWithPooling(
+        last_hidden_state=hidden, pooler_output=model.vision_proj(pool_image(hidden, model.config.pooling))
+    )
+
+
+def _text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> BaseModelOutputWithPooling:
+    """CLIP's contract, for every class that holds the text tower (`text_model`, `text_proj`)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    hidden = model.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    pooled = model.text_proj(pool_text(hidden, attention_mask, model.config.pooling))
+    return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+
 # --------------------------------------------------------------------------------------------------- base
 
 
@@ -154,6 +191,12 @@ class SyncMaskPreTrainedModel(PreTrainedModel):
     # The momentum teacher and its MLM head are training state, saved only with `config.save_teacher`.
     _keys_to_ignore_on_load_missing = [r"^teacher(_mlm_head)?\."]
     _keys_to_ignore_on_load_unexpected = [r"^teacher(_mlm_head)?\."]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """The saved `auto_map` names `SyncMaskModel` for AutoModel and zero-shot classification too, so a Hub copy
+        of any registered class (e.g. a pretraining checkpoint) loads the encoders with `trust_remote_code=True`."""
+        extend_auto_map(self, {"AutoModel": SyncMaskModel, "AutoModelForZeroShotImageClassification": SyncMaskModel})
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -184,9 +227,12 @@ class SyncMaskPreTrainedModel(PreTrainedModel):
 class SyncMaskModel(SyncMaskPreTrainedModel):
     """ViT image encoder, BERT text encoder (text-only layers) and fusion layers (text cross-attends to image).
 
-    CLIP-style interface: `get_image_features`, `get_text_features` (L2-normalised, in the ITC space) and
-    `get_itm_score` (probability that each image-text pair matches, from the fusion encoder).
+    CLIP's interface: `get_image_features`, `get_text_features` (`pooler_output` in the ITC space, not normalised),
+    `logit_scale`, and `get_itm_score` (probability that each image-text pair matches, from the fusion encoder).
     """
+
+    # A pretraining folder's heads and teacher are not part of the encoders: loading one here skips them quietly.
+    _keys_to_ignore_on_load_unexpected = [r"^(teacher|teacher_mlm_head|mlm_head|mim_decoder|mim_head)\."]
 
     def __init__(self, config: SyncMaskConfig):
         super().__init__(config)
@@ -245,21 +291,10 @@ class SyncMaskModel(SyncMaskPreTrainedModel):
         return hidden, tuple(maps)
 
     def pool_image(self, image_hidden: torch.Tensor) -> torch.Tensor:
-        """The image's summary vector: ViT's [CLS] (ALBEF, `pooling="cls"`) or the mean of its patch tokens."""
-        if self.config.pooling == "cls":
-            return image_hidden[:, 0]
-        return image_hidden[:, 1:].mean(dim=1)
+        return pool_image(image_hidden, self.config.pooling)
 
     def pool_text(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The text's summary vector: BERT's [CLS] (ALBEF) or the mean over its attended tokens. Why the presets
-        use the mean: from scratch, [CLS] after a shallow text stack is nearly the same vector for every text
-        (cosine >= 0.999 after 150 steps on H&M) and ITC cannot leave that point; token means differ per text."""
-        if self.config.pooling == "cls":
-            return text_hidden[:, 0]
-        if attention_mask is None:
-            return text_hidden.mean(dim=1)
-        weights = attention_mask.to(text_hidden.dtype).unsqueeze(-1)
-        return (text_hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return pool_text(text_hidden, attention_mask, self.config.pooling)
 
     def embed_image(self, image_hidden: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.vision_proj(self.pool_image(image_hidden)), dim=-1)
@@ -267,16 +302,23 @@ class SyncMaskModel(SyncMaskPreTrainedModel):
     def embed_text(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return F.normalize(self.text_proj(self.pool_text(text_hidden, attention_mask)), dim=-1)
 
-    # -- public API
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embeddings (B, embed_dim) in the ITC space."""
-        return self.embed_image(self.encode_image(pixel_values))
+    # -- public API: CLIP's (transformers 5) contract, as E2 and FashionFAE
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """`pooler_output`: the (B, embed_dim) image embedding in the ITC space, not normalised (normalise before
+        taking cosines); `last_hidden_state`: ViT's states."""
+        return _image_features(self, pixel_values)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """L2-normalised text embeddings (B, embed_dim) in the ITC space."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        return self.embed_text(self.encode_text(input_ids, attention_mask), attention_mask)
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """`pooler_output`: the (B, embed_dim) text embedding in the ITC space, not normalised; `last_hidden_state`:
+        the text-only layers' states."""
+        return _text_features(self, input_ids, attention_mask)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's name for the contrastive scale: log(1 / temp), with `temp` clamped as in training."""
+        return -torch.log(self.temp.clamp(self.config.temp_min, self.config.temp_max))
 
     def itm_logits(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor, attention_mask: torch.Tensor):
         fused, _ = self.fuse(text_hidden, attention_mask, image_hidden)
@@ -328,6 +370,54 @@ class SyncMaskModel(SyncMaskPreTrainedModel):
         return out
 
 
+class SyncMaskVisionModelWithProjection(SyncMaskPreTrainedModel):
+    """The image tower and its ITC projection alone (CLIPVisionModelWithProjection's role), for
+    `pipeline("image-feature-extraction", model=...)`: `forward(pixel_values)` returns `get_image_features`
+    (`pooler_output` = the ITC embedding, `last_hidden_state` = ViT's states). Loads from any SyncMask folder
+    (base or pretraining); the text tower's and heads' weights are skipped."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^(?!(syncmask\.)?vision_(model|proj)\.)"]
+
+    def __init__(self, config: SyncMaskConfig):
+        super().__init__(config)
+        self.vision_model = ViTModel(config.vision_config, add_pooling_layer=False, use_mask_token=True)
+        self.vision_proj = nn.Linear(config.vision_config.hidden_size, config.embed_dim)
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return _image_features(self, pixel_values)
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return _image_features(self, pixel_values)
+
+
+class SyncMaskTextModelWithProjection(SyncMaskPreTrainedModel):
+    """The text-only layers and their ITC projection alone (CLIPTextModelWithProjection's role): `forward(input_ids,
+    attention_mask)` returns `get_text_features`. Loads from any SyncMask folder; other weights are skipped."""
+
+    main_input_name = "input_ids"
+    _keys_to_ignore_on_load_unexpected = [r"^(?!(syncmask\.)?text_(model|proj)\.)"]
+
+    def __init__(self, config: SyncMaskConfig):
+        super().__init__(config)
+        self.text_model = BertModel(_text_only_config(config), add_pooling_layer=False)
+        self.text_proj = nn.Linear(config.text_config.hidden_size, config.embed_dim)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_model.get_input_embeddings()
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return _text_features(self, input_ids, attention_mask)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return _text_features(self, input_ids, attention_mask)
+
+
 # --------------------------------------------------------------------------------------------------- pretraining
 
 
@@ -374,15 +464,20 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         self.teacher_mlm_head = make_teacher(self.mlm_head)
         self.teacher_mlm_head.eval()
 
-    # -- teacher management
-    @torch.no_grad()
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """CLIP's interface on the pretraining model too (the student's normalised image embeddings)."""
+    # -- CLIP's interface on the pretraining model too (the student's)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.syncmask.get_image_features(pixel_values)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
         return self.syncmask.get_text_features(input_ids, attention_mask)
 
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.syncmask.logit_scale
+
+    # -- teacher management
     @torch.no_grad()
     def sync_teacher(self) -> None:
         """Copy the student into the teacher exactly (done on load when the checkpoint holds no teacher)."""
@@ -425,14 +520,7 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         return model
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-        """Writes the student (and the teacher only when `config.save_teacher`).
-
-        The saved `auto_map` names `SyncMaskModel` for AutoModel as well, so a Hub copy of a pretraining checkpoint
-        loads with `AutoModel.from_pretrained(repo, trust_remote_code=True)` (the encoders, without the heads).
-        """
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.setdefault("AutoModel", f"{SyncMaskModel.__module__.rsplit('.', 1)[-1]}.SyncMaskModel")
-        self.config.auto_map = auto_map
+        """Writes the student (and the teacher only when `config.save_teacher`)."""
         if state_dict is None and not self.config.save_teacher:
             state_dict = {
                 k: v for k, v in self.state_dict().items() if not k.startswith(("teacher.", "teacher_mlm_head."))
@@ -800,6 +888,10 @@ class SyncMaskForTextGuidedImageRetrieval(SyncMaskPreTrainedModel):
         self.query_proj = nn.Linear(config.text_config.hidden_size, config.embed_dim)
         self.post_init()
 
+    def get_target_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised embeddings of the gallery images the queries are matched against."""
+        return F.normalize(self.syncmask.get_image_features(pixel_values).pooler_output, dim=-1)
+
     def get_query_features(self, pixel_values, input_ids, attention_mask=None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -821,9 +913,8 @@ class SyncMaskForTextGuidedImageRetrieval(SyncMaskPreTrainedModel):
         query = self.get_query_features(pixel_values, input_ids, attention_mask)
         out = SyncMaskTextGuidedRetrievalOutput(query_embeds=query)
         if target_pixel_values is not None:
-            target = self.syncmask.get_image_features(target_pixel_values)
-            temp = self.syncmask.temp.clamp(self.config.temp_min, self.config.temp_max)
-            out.target_embeds, out.logits = target, query @ target.t() / temp
+            target = self.get_target_features(target_pixel_values)
+            out.target_embeds, out.logits = target, query @ target.t() * self.syncmask.logit_scale.exp()
             if return_loss:
                 ids = target_ids if target_ids is not None else torch.arange(query.shape[0], device=query.device)
                 targets = multi_positive_targets(ids, ids)  # the diagonal is always positive
@@ -891,6 +982,8 @@ __all__ = [
     "SyncMaskPreTrainedModel",
     "SyncMaskModel",
     "SyncMaskForPreTraining",
+    "SyncMaskVisionModelWithProjection",
+    "SyncMaskTextModelWithProjection",
     "SyncMaskForImageTextRetrieval",
     "SyncMaskForTextGuidedImageRetrieval",
     "SyncMaskForProductClassification",
