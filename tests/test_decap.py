@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoModel, BertTokenizer, GPT2Config
 
 from syncmask_hf import FashionDeCapConfig, FashionDeCapForCaptioning
@@ -94,9 +95,9 @@ def test_config_owns_token_ids_and_validates():
     assert isinstance(config.text_config, GPT2Config)
     assert (config.text_config.vocab_size, config.text_config.bos_token_id) == (77, 5)
     assert (config.text_config.eos_token_id, config.text_config.pad_token_id) == (102, 0)  # BERT [SEP] / [PAD]
-    with pytest.raises(ValueError, match="memory_temperature"):
+    with pytest.raises(StrictDataclassClassValidationError, match="memory_temperature"):
         FashionDeCapConfig(memory_temperature=0.0)
-    with pytest.raises(ValueError, match="n_positions"):
+    with pytest.raises(StrictDataclassClassValidationError, match="n_positions"):
         FashionDeCapConfig(text_config={"n_positions": 4}, prefix_length=4)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
 
 from syncmask_hf import E2Config, E2FusionBlock, E2Model, OneImagePerProductSampler
@@ -83,7 +84,7 @@ def test_config_defaults_rule_and_errors():
         (dict(projection_init="zeros"), "projection_init"),
         (dict(gumbel_tau=0.0), "gumbel_tau"),
     ]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(StrictDataclassClassValidationError, match=match):
             E2Config(**bad)
     for name in ("e2-clip-vit-b32", "e2-tiny"):
         loaded = E2Config.from_pretrained(preset_path(name))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from syncmask_hf import FashionFAEConfig, FashionFAEForPreTraining, FashionFAEModel, FashionFAETaskSampler
 from syncmask_hf.models.modeling_fashionfae import (
@@ -115,7 +116,7 @@ def test_presets_load_with_paper_values():
     ],
 )
 def test_bad_config_values_raise_clear_errors(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
         tiny_config(**overrides)
 
 

@@ -122,3 +122,37 @@ def test_every_spec_is_registered_with_the_auto_classes():
         assert transformers.AutoConfig.for_model(name).__class__ is spec.config_class
         for auto, model_class in spec.auto_classes.items():
             assert getattr(transformers, auto)._model_mapping[spec.config_class] is model_class
+
+
+def test_every_config_has_one_style_and_one_validation_entry_point(tmp_path):
+    """The four configs are transformers 5 dataclass-style `@strict` configs (as configuration_clip.py): fields as
+    annotations, no `__init__` of their own, and their checks in one `validate_fields` that `config.validate()` runs at
+    construction and that `save_pretrained` runs before writing."""
+    import dataclasses
+    import inspect
+
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from syncmask_hf import FashionDeCapConfig
+
+    bad_values = {"syncmask": ("mlm_ratio", 1.5), "e2": ("gumbel_tau", 0.0), "fashionfae": ("mlm_probability", -0.1)}
+    configs = [
+        (name, spec.config_class.from_pretrained(preset_path(spec.tiny_preset))) for name, spec in SPECS.items()
+    ]
+    configs.append(("fashion_decap", FashionDeCapConfig()))
+    for name, config in configs:
+        cls = type(config)
+        assert "def __init__" not in inspect.getsource(cls), f"{cls.__name__} defines __init__"
+        assert {"text_config"} <= {f.name for f in dataclasses.fields(cls)}, cls.__name__
+        assert [v.__name__ for v in cls.__class_validators__].count("validate_fields") == 1, cls.__name__
+        config.validate()  # a good config passes
+        if name in bad_values:
+            field, value = bad_values[name]
+            setattr(config, field, value)
+            with pytest.raises(StrictDataclassClassValidationError, match=field):
+                config.validate()
+            with pytest.raises(StrictDataclassClassValidationError, match=field):
+                config.save_pretrained(tmp_path / name)  # nothing bad reaches a saved folder
+            assert not (tmp_path / name / "config.json").exists()
+    with pytest.raises(StrictDataclassClassValidationError, match="memory_temperature"):
+        FashionDeCapConfig(memory_temperature=0.0)

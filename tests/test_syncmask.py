@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from syncmask_hf import (
     GroupedSemiHardBatchSampler,
@@ -33,7 +34,7 @@ def tiny_config(**overrides) -> SyncMaskConfig:
     config = SyncMaskConfig.from_pretrained(TINY)
     for key, value in overrides.items():
         setattr(config, key, value)
-    config._validate_syncmask()
+    config.validate()
     return config
 
 
@@ -273,7 +274,7 @@ def test_task_heads():
     ],
 )
 def test_bad_config_values_error_clearly(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(StrictDataclassClassValidationError, match=field):
         tiny_config(**{field: value})
 
 

@@ -47,7 +47,7 @@ def make_config(size: str, **overrides) -> FashionFAEConfig:
         config = FashionFAEConfig.from_pretrained(preset_path(f"fashionfae-{size}"))
         for key, value in overrides.items():
             setattr(config, key, value)
-        config.validate_fashionfae()
+        config.validate()
         return config
     return FashionFAEConfig(**SIZES[size], **overrides)
 

@@ -10,6 +10,7 @@ This file may import only transformers / torch (it is copied flat to the Hub as 
 
 from __future__ import annotations
 
+from huggingface_hub.dataclasses import strict
 from transformers import GPT2Config, PreTrainedConfig
 
 # A small from-scratch decoder (DeCap trains a small GPT-2-style decoder from scratch rather than fine-tuning GPT-2;
@@ -25,6 +26,7 @@ DEFAULT_DECODER = {
 }
 
 
+@strict
 class FashionDeCapConfig(PreTrainedConfig):
     r"""
     text_config (`dict` or `GPT2Config`, *optional*):
@@ -83,6 +85,10 @@ class FashionDeCapConfig(PreTrainedConfig):
         self.text_config.eos_token_id = self.eos_token_id
         self.text_config.pad_token_id = self.pad_token_id
         self.text_config.tie_word_embeddings = self.tie_word_embeddings
+
+    def validate_fields(self) -> None:
+        """The captioner's checks; `config.validate()` runs them (at construction and before every save), with
+        transformers' own."""
         for name in ("prefix_dim", "prefix_length", "memory_size"):
             value = getattr(self, name)
             if value < (0 if name == "memory_size" else 1):

@@ -10,6 +10,7 @@ This file is copied flat next to `modeling_e2.py` for remote code: it imports on
 
 from __future__ import annotations
 
+from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
 DEFAULT_ENTITIES = ["brand", "season", "subcategory", "description"]
@@ -35,6 +36,7 @@ def default_fusion_layers(num_hidden_layers: int) -> list[int]:
     return [first, last] if first >= 1 else [last]
 
 
+@strict
 class E2Config(PreTrainedConfig):
     r"""Configuration of [`E2Model`].
 
@@ -72,57 +74,39 @@ class E2Config(PreTrainedConfig):
     model_type = "e2"
     sub_configs_defaults = {"text_config": CLIPTextConfig, "vision_config": CLIPVisionConfig}
 
-    def __init__(
-        self,
-        text_config: dict | CLIPTextConfig | None = None,
-        vision_config: dict | CLIPVisionConfig | None = None,
-        projection_dim: int = 512,
-        logit_scale_init_value: float = 2.6592,
-        entities: list[str] | None = None,
-        tokens_per_entity: int = 2,
-        fusion_layers: list[int] | None = None,
-        gumbel_tau: float = 1.0,
-        global_loss_weight: float = 0.5,
-        regional_loss_weight: float = 0.5,
-        use_selection_tokens: bool = True,
-        use_fusion_blocks: bool | None = None,
-        use_regional_loss: bool | None = None,
-        projection_init: str = "clip",
-        full_text: str = "tags_and_description",
-        initializer_factor: float = 1.0,
-        **kwargs,
-    ):
-        if text_config is None:
-            text_config = CLIPTextConfig()
-        elif isinstance(text_config, dict):
-            text_config = CLIPTextConfig(**text_config)
-        if vision_config is None:
-            vision_config = CLIPVisionConfig()
-        elif isinstance(vision_config, dict):
-            vision_config = CLIPVisionConfig(**vision_config)
-        self.text_config = text_config
-        self.vision_config = vision_config
-        self.projection_dim = projection_dim
-        self.logit_scale_init_value = logit_scale_init_value
-        self.entities = list(DEFAULT_ENTITIES if entities is None else entities)
-        self.full_text = full_text
-        self.tokens_per_entity = tokens_per_entity
-        self.gumbel_tau = gumbel_tau
-        self.global_loss_weight = global_loss_weight
-        self.regional_loss_weight = regional_loss_weight
-        self.use_selection_tokens = bool(use_selection_tokens)
-        self.use_fusion_blocks = self.use_selection_tokens if use_fusion_blocks is None else bool(use_fusion_blocks)
-        self.use_regional_loss = self.use_selection_tokens if use_regional_loss is None else bool(use_regional_loss)
-        self.projection_init = projection_init
-        self.initializer_factor = initializer_factor
-        layers = vision_config.num_hidden_layers
-        if fusion_layers is None:
-            fusion_layers = default_fusion_layers(layers) if self.use_fusion_blocks else []
-        self.fusion_layers = [int(k) for k in fusion_layers]
-        super().__init__(**kwargs)
-        self._validate_e2()
+    text_config: dict | CLIPTextConfig | None = None
+    vision_config: dict | CLIPVisionConfig | None = None
+    projection_dim: int = 512
+    logit_scale_init_value: float = 2.6592
+    entities: list[str] | None = None
+    tokens_per_entity: int = 2
+    fusion_layers: list[int] | None = None
+    gumbel_tau: float = 1.0
+    global_loss_weight: float = 0.5
+    regional_loss_weight: float = 0.5
+    use_selection_tokens: bool = True
+    use_fusion_blocks: bool | None = None
+    use_regional_loss: bool | None = None
+    projection_init: str = "clip"
+    full_text: str = "tags_and_description"
+    initializer_factor: float = 1.0
 
-    def _validate_e2(self) -> None:
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.entities = list(DEFAULT_ENTITIES if self.entities is None else self.entities)
+        self.use_selection_tokens = bool(self.use_selection_tokens)
+        # The two ablation switches follow the selection tokens unless given.
+        if self.use_fusion_blocks is None:
+            self.use_fusion_blocks = self.use_selection_tokens
+        if self.use_regional_loss is None:
+            self.use_regional_loss = self.use_selection_tokens
+        if self.fusion_layers is None:
+            layers = self.vision_config.num_hidden_layers
+            self.fusion_layers = default_fusion_layers(layers) if self.use_fusion_blocks else []
+        self.fusion_layers = [int(k) for k in self.fusion_layers]
+
+    def validate_fields(self) -> None:
+        """E2's checks; `config.validate()` runs them (at construction and before every save), with transformers'."""
         if self.full_text not in ("tags_and_description", "description"):
             raise ValueError(
                 f"E2Config.full_text={self.full_text!r}: choose 'tags_and_description' (the authors') or 'description'."

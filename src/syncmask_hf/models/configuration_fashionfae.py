@@ -9,6 +9,7 @@ The two paper ideas each have one switch: `aetp` (False = plain random MLM, the 
 
 from __future__ import annotations
 
+from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig, ViTConfig
 
 FASHIONFAE_TASKS = ("itm", "itc", "mlm", "apir")
@@ -16,6 +17,7 @@ APIR_TARGETS = ("vq", "teacher_features", "pixels")
 ITM_NEGATIVE_ROWS = ("random", "last")
 
 
+@strict
 class FashionFAEConfig(PreTrainedConfig):
     r"""
     vision_config (`dict` or `ViTConfig`): the image encoder (paper: ViT-B/16 pretrained on ImageNet-21k).
@@ -65,81 +67,45 @@ class FashionFAEConfig(PreTrainedConfig):
     """
 
     model_type = "fashionfae"
-    sub_configs = {"vision_config": ViTConfig, "text_config": BertConfig}
+    sub_configs_defaults = {"vision_config": ViTConfig, "text_config": BertConfig}
 
-    def __init__(
-        self,
-        vision_config: dict | ViTConfig | None = None,
-        text_config: dict | BertConfig | None = None,
-        fusion_grid: int = 7,
-        embed_dim: int = 256,
-        logit_scale_init_value: float = 2.6592,
-        aetp: bool = True,
-        aetp_description_mask_ratio: float = 0.12,
-        aetp_description_replace_ratio: float = 0.015,
-        aetp_title_words: int = 2,
-        aetp_attribute_values: int = 1,
-        aetp_contrastive_weight: float = 1.0,
-        mlm_probability: float = 0.15,
-        apir: bool = True,
-        apir_num_masked: int = 8,
-        apir_text_layer: int = 6,
-        apir_target: str = "pixels",
-        apir_vq_tokenizer: str | None = None,
-        apir_vq_num_codes: int = 1024,
-        apir_contrastive_weight: float = 1.0,
-        itm_negative_rows: str = "random",
-        itm_hard_negatives: bool = True,
-        itm_negative_fraction: float = 0.5,
-        task_probs: dict | None = None,
-        task_sampler_seed: int = 0,
-        mask_token_id: int = 103,
-        cls_token_id: int = 101,
-        sep_token_id: int = 102,
-        tie_word_embeddings: bool = True,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        if vision_config is None:
-            vision_config = ViTConfig()
-        elif isinstance(vision_config, dict):
-            vision_config = ViTConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
-        if text_config is None:
-            text_config = BertConfig()
-        elif isinstance(text_config, dict):
-            text_config = BertConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
-        self.vision_config = vision_config
-        self.text_config = text_config
-        self.fusion_grid = fusion_grid
-        self.embed_dim = embed_dim
-        self.logit_scale_init_value = logit_scale_init_value
-        self.aetp = aetp
-        self.aetp_description_mask_ratio = aetp_description_mask_ratio
-        self.aetp_description_replace_ratio = aetp_description_replace_ratio
-        self.aetp_title_words = aetp_title_words
-        self.aetp_attribute_values = aetp_attribute_values
-        self.aetp_contrastive_weight = aetp_contrastive_weight
-        self.mlm_probability = mlm_probability
-        self.apir = apir
-        self.apir_num_masked = apir_num_masked
-        self.apir_text_layer = apir_text_layer
-        self.apir_target = apir_target
-        self.apir_vq_tokenizer = apir_vq_tokenizer
-        self.apir_vq_num_codes = apir_vq_num_codes
-        self.apir_contrastive_weight = apir_contrastive_weight
-        self.itm_negative_rows = itm_negative_rows
-        self.itm_hard_negatives = itm_hard_negatives
-        self.itm_negative_fraction = itm_negative_fraction
+    vision_config: dict | ViTConfig | None = None
+    text_config: dict | BertConfig | None = None
+    fusion_grid: int = 7
+    embed_dim: int = 256
+    logit_scale_init_value: float = 2.6592
+    aetp: bool = True
+    aetp_description_mask_ratio: float = 0.12
+    aetp_description_replace_ratio: float = 0.015
+    aetp_title_words: int = 2
+    aetp_attribute_values: int = 1
+    aetp_contrastive_weight: float = 1.0
+    mlm_probability: float = 0.15
+    apir: bool = True
+    apir_num_masked: int = 8
+    apir_text_layer: int = 6
+    apir_target: str = "pixels"
+    apir_vq_tokenizer: str | None = None
+    apir_vq_num_codes: int = 1024
+    apir_contrastive_weight: float = 1.0
+    itm_negative_rows: str = "random"
+    itm_hard_negatives: bool = True
+    itm_negative_fraction: float = 0.5
+    task_probs: dict | None = None
+    task_sampler_seed: int = 0
+    mask_token_id: int = 103
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
         self.task_probs = (
-            dict(task_probs) if task_probs is not None else {"itm": 0.23, "itc": 0.31, "mlm": 0.23, "apir": 0.23}
+            dict(self.task_probs)
+            if self.task_probs is not None
+            else {"itm": 0.23, "itc": 0.31, "mlm": 0.23, "apir": 0.23}
         )
-        self.task_sampler_seed = task_sampler_seed
-        self.mask_token_id = mask_token_id
-        self.cls_token_id = cls_token_id
-        self.sep_token_id = sep_token_id
-        self.initializer_range = initializer_range
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
-        self.validate_fashionfae()
 
     @property
     def patches_per_side(self) -> int:
@@ -149,8 +115,9 @@ class FashionFAEConfig(PreTrainedConfig):
         patch = patch[0] if isinstance(patch, (list, tuple)) else patch
         return image // patch
 
-    def validate_fashionfae(self) -> None:
-        """Reject values that would otherwise fail deep inside a forward pass (or silently do the wrong thing)."""
+    def validate_fields(self) -> None:
+        """Reject values that would otherwise fail deep inside a forward pass (or silently do the wrong thing).
+        `config.validate()` runs this (at construction and before every save), with transformers' own checks."""
 
         def bad(field, value, fix):
             raise ValueError(f"FashionFAEConfig.{field}={value!r} is invalid: {fix}")

@@ -12,6 +12,7 @@ Copied beside the modeling file for remote code: imports only transformers.
 
 from __future__ import annotations
 
+from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig, ViTConfig
 
 MASKING_STRATEGIES = ("synchronized", "random")
@@ -20,6 +21,7 @@ ITC_KEYS = ("student", "teacher")
 POOLINGS = ("mean", "cls")
 
 
+@strict
 class SyncMaskConfig(PreTrainedConfig):
     r"""
     vision_config (`dict` or `ViTConfig`): the image encoder (ViT-B/16 by default).
@@ -134,9 +136,11 @@ class SyncMaskConfig(PreTrainedConfig):
         if self.special_token_ids is None:
             self.special_token_ids = [0, 101, 102, 103]
         self.text_config.num_hidden_layers = self.num_text_layers + self.num_fusion_layers
-        self._validate_syncmask()
 
-    def _validate_syncmask(self) -> None:
+    def validate_fields(self) -> None:
+        """SyncMask's checks; `config.validate()` runs them (at construction and before every save), with
+        transformers' own."""
+
         def fail(field: str, value, fix: str):
             raise ValueError(f"SyncMaskConfig.{field}={value!r} is invalid: {fix}")
 
