@@ -17,15 +17,8 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from syncmask_hf import FashionFAEConfig, FashionFAEForPreTraining, FashionFAEModel, FashionFAETaskSampler
-from syncmask_hf.models.modeling_fashionfae import (
-    ROLE_ATTRIBUTE,
-    ROLE_DESCRIPTION,
-    ROLE_TEMPLATE,
-    ROLE_TITLE,
-    aetp_mask,
-    apir_fill,
-    itm_pairs,
-)
+from syncmask_hf.models.modeling_fashionfae import aetp_mask, apir_fill, itm_pairs
+from syncmask_hf.models.modeling_utils import ROLE_DESCRIPTION, ROLE_TEMPLATE, ROLE_TITLE, ROLE_VALUE
 from syncmask_hf.presets import preset_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +202,7 @@ def test_aetp_masks_as_specified():
     assert (masked[chosen] == MASK).all() and (masked[~chosen] == batch["input_ids"][~chosen]).all()
     for b in range(64):
         # exactly one whole attribute value
-        hit = attr[b][chosen[b] & (roles[b] == ROLE_ATTRIBUTE)].unique().tolist()
+        hit = attr[b][chosen[b] & (roles[b] == ROLE_VALUE)].unique().tolist()
         assert len(hit) == 1
         assert chosen[b][attr[b] == hit[0]].all()
         # description: round(0.12 * 10) = 1 token
@@ -642,7 +635,7 @@ def _hm_batch(root: Path, n: int, image_size: int):
             pieces.append(
                 (tokenizer(f"the image {name} is", add_special_tokens=False)["input_ids"], ROLE_TEMPLATE, -1)
             )
-            pieces.append((tokenizer(row[column].lower(), add_special_tokens=False)["input_ids"], ROLE_ATTRIBUTE, k))
+            pieces.append((tokenizer(row[column].lower(), add_special_tokens=False)["input_ids"], ROLE_VALUE, k))
             pieces.append((tokenizer(".", add_special_tokens=False)["input_ids"], ROLE_TEMPLATE, -1))
         pieces.append(([SEP], 0, -1))
         ids.append([t for toks, _, _ in pieces for t in toks])
@@ -679,7 +672,7 @@ def test_losses_fall_on_real_hm_products(shared_data):
     model = FashionFAEForPreTraining(config)
     # AETP masked one whole attribute value per row on real text
     out = model(**batch, task="aetp")
-    hit = (out.labels != -100) & (batch["token_roles"] == ROLE_ATTRIBUTE)
+    hit = (out.labels != -100) & (batch["token_roles"] == ROLE_VALUE)
     for b in range(8):
         values = batch["attribute_ids"][b][hit[b]].unique()
         assert len(values) == 1 and hit[b][batch["attribute_ids"][b] == values[0]].all()

@@ -14,8 +14,16 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 from . import data, evaluation
 from .captioning import caption_images, train_decap
 from .composed_retrieval import ComposedQueryModel
-from .data import CATALOG_FEATURES, colour_variant_triplets, load_catalog, load_fashioniq, product_disjoint_split
-from .e2_sampling import OneImagePerProductSampler
+from .data import (
+    CATALOG_FEATURES,
+    GroupedSemiHardBatchSampler,
+    OneImagePerProductSampler,
+    RandomBatchSampler,
+    colour_variant_triplets,
+    load_catalog,
+    load_fashioniq,
+    product_disjoint_split,
+)
 from .hub import HubFolderError, check_model_folder, push_demo_space, push_model_folder, write_model_card
 from .models.configuration_decap import FashionDeCapConfig
 from .models.configuration_e2 import E2Config
@@ -63,7 +71,6 @@ from .models.processing_fashion import (
 )
 from .models.task_sampler import FashionFAETaskSampler
 from .presets import list_presets, preset_path
-from .sampling import GroupedSemiHardBatchSampler, RandomBatchSampler
 from .specs import SPECS, ModelSpec, get_spec
 
 # --- Auto registration ---------------------------------------------------------------------------------------------

@@ -552,7 +552,7 @@ def make_accelerator(args, project: str, find_unused_parameters: bool = False):
 def random_batch_loader(dataset, collator, args, accelerator, epoch: int, batch_size: int | None = None):
     """A DataLoader over `dataset` with the package's rank-aware random batches (the same global batches for any
     number of processes) and its own generator (so creating it draws nothing from the global RNG: exact resume)."""
-    from .sampling import RandomBatchSampler
+    from .data.samplers import RandomBatchSampler
 
     sampler = RandomBatchSampler(
         len(dataset),

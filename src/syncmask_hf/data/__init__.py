@@ -1,4 +1,5 @@
-"""Catalogue data layer: loaders into one `datasets` schema, FashionIQ triplets, product-disjoint splits, stable ids.
+"""Catalogue data layer: loaders into one `datasets` schema, FashionIQ triplets, product-disjoint splits, stable ids,
+and the batch samplers of pretraining.
 
 Never imported by modeling files (Hub copies of models are flat and cannot import it).
 """
@@ -8,6 +9,7 @@ from .fashiongen import FASHIONGEN_KEYS, load_fashiongen
 from .fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq, load_fashioniq_gallery
 from .ids import normalize_text, stable_id, text_id
 from .kaggle import hm_gender, load_hm, load_myntra, myntra_brand
+from .samplers import GroupedSemiHardBatchSampler, OneImagePerProductSampler, RandomBatchSampler
 from .schema import CATALOG_COLUMNS, CATALOG_FEATURES, STRING_COLUMNS, BadItemError, LoadReport
 from .splits import product_disjoint_split
 from .synthetic import draw_view, load_synthetic, synthetic_products
@@ -19,10 +21,13 @@ __all__ = [
     "COLOUR_TRIPLET_FEATURES",
     "FASHIONGEN_KEYS",
     "FASHIONIQ_CATEGORIES",
+    "GroupedSemiHardBatchSampler",
     "KNOWN_SOURCES",
     "STRING_COLUMNS",
     "BadItemError",
     "LoadReport",
+    "OneImagePerProductSampler",
+    "RandomBatchSampler",
     "colour_phrase",
     "colour_variant_triplets",
     "draw_view",

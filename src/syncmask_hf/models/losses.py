@@ -14,8 +14,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+def world_size() -> int:
+    """Processes in the torch.distributed group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return world_size() > 1
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

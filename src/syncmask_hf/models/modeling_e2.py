@@ -28,7 +28,6 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from .auto_map import extend_auto_map
 from .configuration_e2 import E2Config
 from .losses import (
     clip_contrastive_loss,
@@ -37,6 +36,7 @@ from .losses import (
     multi_positive_targets,
     soft_cross_entropy,
 )
+from .modeling_utils import extend_auto_map
 
 
 @dataclass

@@ -25,18 +25,23 @@ from transformers import BertModel, PreTrainedModel, ViTModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredictionHead, BertOnlyMLMHead
-from transformers.models.vit.modeling_vit import ViTEmbeddings
+from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertOnlyMLMHead
 from transformers.utils import ModelOutput
 
-from .auto_map import extend_auto_map
 from .configuration_fashionfae import FashionFAEConfig
 from .losses import clip_contrastive_loss, exclusion_mask, itm_loss, masked_lm_loss, sample_negatives
 from .masking import apply_token_mask, block_mask, eligible_tokens, num_to_mask, random_mask
+from .modeling_utils import (
+    ROLE_DESCRIPTION,
+    ROLE_SPECIAL,
+    ROLE_TITLE,
+    extend_auto_map,
+    init_embeddings,
+    patchify,
+)
 from .task_sampler import FashionFAETaskSampler
 
 # token_roles values of the processor's attribute-templated text (see the input contract).
-ROLE_SPECIAL, ROLE_TITLE, ROLE_DESCRIPTION, ROLE_TEMPLATE, ROLE_ATTRIBUTE = 0, 1, 2, 3, 4
 TASKS = ("itc", "itm", "mlm", "aetp", "apir")
 
 
@@ -180,14 +185,6 @@ def apir_fill(visual_tokens: torch.Tensor, cell_mask: torch.Tensor, fill: torch.
     return torch.where(mask, fill.unsqueeze(1).expand_as(visual_tokens), visual_tokens)
 
 
-def cell_pixels(pixel_values: torch.Tensor, grid: int) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, grid*grid, 3*h*w): the pixels of each fusion-grid cell, row-major like the cells."""
-    b, c, h, w = pixel_values.shape
-    ch, cw = h // grid, w // grid
-    x = pixel_values[:, :, : ch * grid, : cw * grid].reshape(b, c, grid, ch, grid, cw)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, c * ch * cw)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------------------------------------------------
@@ -270,17 +267,10 @@ class FashionFAEPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
         super()._init_weights(module)
-        if isinstance(module, ViTEmbeddings):
-            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
-            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-            if module.mask_token is not None:
-                init.zeros_(module.mask_token)
-        elif isinstance(module, BertEmbeddings):
-            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-            init.zeros_(module.token_type_ids)
-        elif isinstance(module, BertLMPredictionHead):
+        if init_embeddings(module, self.config.initializer_range):
+            return
+        if isinstance(module, BertLMPredictionHead):
             init.zeros_(module.bias)
         elif isinstance(module, FashionFAEModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
@@ -665,7 +655,9 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
                 patches = hidden[:, 1:].transpose(1, 2).reshape(hidden.shape[0], -1, side, side)
                 cells = F.adaptive_avg_pool2d(patches, grid).flatten(2).transpose(1, 2)
                 return F.layer_norm(cells, cells.shape[-1:])
-        pixels = cell_pixels(pixel_values, grid)
+        # the pixels of each fusion-grid cell, row-major like the cells
+        h, w = pixel_values.shape[-2:]
+        pixels = patchify(pixel_values, (h // grid, w // grid), channels_first=True)
         mean, var = pixels.mean(dim=-1, keepdim=True), pixels.var(dim=-1, keepdim=True)
         return (pixels - mean) / (var + 1e-6).sqrt()
 

@@ -24,10 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertModel, PreTrainedModel, ViTModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
-from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertOnlyMLMHead
-from transformers.models.vit.modeling_vit import ViTEmbeddings
+from transformers.models.bert.modeling_bert import BertLayer, BertOnlyMLMHead
 
-from .auto_map import extend_auto_map
 from .configuration_syncmask import SyncMaskConfig
 from .losses import (
     contrastive_loss,
@@ -43,8 +41,10 @@ from .losses import (
     sample_negatives,
     soft_cross_entropy,
     token_overlap,
+    world_size,
 )
 from .masking import apply_token_mask, eligible_tokens, random_mask, synchronized_masks
+from .modeling_utils import extend_auto_map, init_embeddings, patchify
 from .momentum import FeatureQueue, ema_update, make_teacher
 
 # --------------------------------------------------------------------------------------------------- outputs
@@ -133,14 +133,6 @@ def _extended_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
-def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, P, patch_size**2 * C) in ViT's patch order (row-major)."""
-    b, c, h, w = pixel_values.shape
-    p = patch_size
-    x = pixel_values.reshape(b, c, h // p, p, w // p, p)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
-
-
 def pool_image(image_hidden: torch.Tensor, pooling: str) -> torch.Tensor:
     """The image's summary vector: ViT's [CLS] (ALBEF, `pooling="cls"`) or the mean of its patch tokens."""
     if pooling == "cls":
@@ -201,16 +193,9 @@ class SyncMaskPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        std = self.config.initializer_range
-        if isinstance(module, ViTEmbeddings):
-            nn.init.trunc_normal_(module.position_embeddings, std=std)
-            nn.init.trunc_normal_(module.cls_token, std=std)
-            if module.mask_token is not None:
-                module.mask_token.zero_()
-        elif isinstance(module, BertEmbeddings):
-            module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-            module.token_type_ids.zero_()
-        elif isinstance(module, SyncMaskModel):
+        if init_embeddings(module, self.config.initializer_range):
+            return
+        if isinstance(module, SyncMaskModel):
             module.temp.fill_(self.config.temp)
         elif isinstance(module, FeatureQueue):
             for name in module.names:
@@ -594,7 +579,7 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         also against queued features (negative numbers never collide with the 63-bit non-negative hashes)."""
         if product_ids is not None:
             return product_ids.to(device=device, dtype=torch.long)
-        start = int(self.num_samples_seen) * max(1, _world_size()) + rank_offset(batch)
+        start = int(self.num_samples_seen) * world_size() + rank_offset(batch)
         return -(2 + start + torch.arange(batch, device=device))
 
     def _itc_loss(self, image_feat, text_feat, t_image_feat, t_text_feat, ids, alpha, text_ids=None):
@@ -804,12 +789,6 @@ class SyncMaskForPreTraining(SyncMaskPreTrainedModel):
         return output
 
 
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 # --------------------------------------------------------------------------------------------------- task heads
 
 
@@ -989,5 +968,4 @@ __all__ = [
     "SyncMaskForProductClassification",
     "SyncMaskModelOutput",
     "SyncMaskForPreTrainingOutput",
-    "patchify",
 ]

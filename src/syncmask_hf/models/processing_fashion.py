@@ -36,6 +36,8 @@ from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .modeling_utils import ROLE_DESCRIPTION, ROLE_SPECIAL, ROLE_TEMPLATE, ROLE_TITLE, ROLE_VALUE
+
 DEFAULT_ENTITIES = ["brand", "season", "subcategory", "description"]
 
 # FashionFAE's AETP templates (REFERENCE.md: "the image category is ...", sub category, gender, season, composition).
@@ -47,8 +49,6 @@ DEFAULT_ATTRIBUTE_TEMPLATES = {
     "season": "the season is {value} .",
     "composition": "the composition is {value} .",
 }
-
-ROLE_SPECIAL, ROLE_TITLE, ROLE_DESCRIPTION, ROLE_TEMPLATE, ROLE_VALUE = 0, 1, 2, 3, 4
 
 _INT63_MASK = (1 << 63) - 1
 
