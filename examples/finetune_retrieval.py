@@ -151,7 +151,7 @@ def main(argv=None):
         total_steps,
         collator=collator,
         desc=f"finetune retrieval ({objective})",
-        after_step=getattr(unwrapped, "update_teacher", None),
+        after_step=[lambda progress: unwrapped.update_teacher()] if hasattr(unwrapped, "update_teacher") else None,
         logger=logger,
     )
     after = evaluate("after fine-tuning")

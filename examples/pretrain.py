@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,10 +29,8 @@ from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
     ProjectConfiguration,
-    broadcast,
     set_seed,
 )
-from tqdm.auto import tqdm
 
 import syncmask_hf
 from syncmask_hf import training
@@ -42,7 +39,6 @@ from syncmask_hf.evaluation import save_results
 from syncmask_hf.models.pretrained import resolve_pretrained
 from syncmask_hf.specs import SPECS, get_spec
 from syncmask_hf.training import (
-    Progress,
     TimeBudget,
     TrainingBuffers,
     adopt_text_checkpoint,
@@ -51,7 +47,6 @@ from syncmask_hf.training import (
     cosine_with_budget,
     cosine_with_warmup,
     e2_text,
-    find_checkpoint,
     load_catalog_splits,
     model_classes,
     multi_cpu_launch,
@@ -360,124 +355,105 @@ def main(argv=None):
         # FashionFAE's task sequence is part of an exact resume.
         accelerator.register_for_checkpointing(accelerator.unwrap_model(model).task_sampler)
 
-    progress = Progress()
-    if args.resume_from_checkpoint:
-        ckpt = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if ckpt is not None:
-            accelerator.load_state(str(ckpt))
-            progress = Progress.load(ckpt)
-            logger.info(
-                f"resumed from {ckpt}: step {progress.global_step}, epoch {progress.epoch}, batch {progress.batches_in_epoch}",
-                main_process_only=True,
-            )
-        else:
-            logger.info("no checkpoint yet: starting from scratch", main_process_only=True)
+    progress = training.resume_progress(accelerator, args, logger)
     if budget is not None:
         budget.spent = progress.train_seconds
     if report_to not in (None, "none"):
         accelerator.init_trackers(
             "pretrain", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
         )
-
     unwrapped = accelerator.unwrap_model(model)
 
-    def stage2_due() -> bool:  # E2's stage 2 starts after the first fifth of the steps (or of the time budget)
-        if budget is not None:
-            return budget.fraction >= 0.2
-        return progress.global_step >= max(1, total_steps // 5)
-
-    in_stage2 = False
-    if e2_two_stage and args.e2_stage == "both" and stage2_due():
-        enter_e2_stage2(unwrapped, scheduler, scale_lr=False)  # resumed inside stage 2: the LR is in the checkpoint
-        in_stage2 = True
-    bar = tqdm(
-        total=None if budget is not None else total_steps,
-        initial=progress.global_step,
-        disable=not accelerator.is_local_main_process,
-        desc=f"pretrain {args.model}",
-    )
-    started = time.monotonic()
-    seconds_before = progress.train_seconds
-    done = progress.global_step >= total_steps or bool(budget is not None and budget.fraction >= 1.0)
-    while not done and progress.epoch < 10**6:
-        sampler = build_batch_sampler(args, train, accelerator, progress.epoch)
+    def make_loader(epoch: int):
         # The loader gets its own generator: creating its iterator must not draw from the global RNG, or a resumed
         # run (whose iterator is created after load_state) would see different masks / negatives from then on.
-        loader = torch.utils.data.DataLoader(
+        return torch.utils.data.DataLoader(
             train,
-            batch_sampler=sampler,
+            batch_sampler=build_batch_sampler(args, train, accelerator, epoch),
             collate_fn=collator,
             num_workers=args.num_workers,
-            generator=torch.Generator().manual_seed(args.seed + progress.epoch),
+            generator=torch.Generator().manual_seed(args.seed + epoch),
         )
-        if progress.batches_in_epoch:
-            loader = accelerator.skip_first_batches(loader, progress.batches_in_epoch)
-        model.train()
-        for batch in loader:
-            progress.batches_in_epoch += 1
-            if batch is None:  # every row of this batch was bad (counted by the collator)
-                continue
-            batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                outputs = model(**batch, return_loss=True)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            progress.global_step += 1
-            if hasattr(unwrapped, "update_teacher"):
-                unwrapped.update_teacher()  # one EMA step per optimizer step
-            progress.train_seconds = seconds_before + time.monotonic() - started
-            if args.max_train_minutes:  # the stop (and the budget's schedule) must agree on every rank
-                progress.train_seconds = main_process_seconds(accelerator, progress.train_seconds)
+
+    def compute_loss(model, batch):
+        outputs = model(**batch, return_loss=True)
+        # Every scalar the model returns: the loss terms and diagnostics such as SyncMask's itm_negative_share.
+        logs = {
+            k: float(v.detach())
+            for k, v in outputs.items()
+            if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1
+        }
+        return outputs.loss, logs
+
+    # What runs after each optimizer step, in order: the EMA teacher, E2's stage switch, the periodic evaluation.
+    after_step = []
+    if hasattr(unwrapped, "update_teacher"):
+        after_step.append(lambda progress: unwrapped.update_teacher())  # one EMA step per optimizer step
+    if e2_two_stage and args.e2_stage == "both":
+
+        def stage2_due(progress) -> bool:  # after the first fifth of the steps (or of the time budget)
             if budget is not None:
-                budget.spent = progress.train_seconds
-            if e2_two_stage and args.e2_stage == "both" and not in_stage2 and stage2_due():
+                return budget.fraction >= 0.2
+            return progress.global_step >= max(1, total_steps // 5)
+
+        stage = {"two": stage2_due(progress)}
+        if stage["two"]:
+            enter_e2_stage2(
+                unwrapped, scheduler, scale_lr=False
+            )  # resumed inside stage 2: the LR is in the checkpoint
+
+        def switch_stage(progress) -> None:
+            if not stage["two"] and stage2_due(progress):
                 checksums[f"stage1_end_step{progress.global_step}"] = check_replicas(
                     accelerator, model, f"E2 stage 1 end (step {progress.global_step})"
                 )
                 enter_e2_stage2(unwrapped, scheduler)
-                in_stage2 = True
-            # Every scalar the model returns: the loss terms and diagnostics such as SyncMask's itm_negative_share.
-            logs = {k: float(v.detach()) for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-            logs["lr"] = scheduler.get_last_lr()[0]
-            accelerator.log(logs, step=progress.global_step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}")
-            if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
-                save_checkpoint(accelerator, args, progress, collator)
-            if args.eval_every and progress.global_step % args.eval_every == 0 and len(splits["validation"]):
-                val = evaluate_split(accelerator, unwrapped, splits["validation"], collator, args)
-                keys = [k for k in ("i2t_R@1", "t2i_R@1", "sumR") if k in val["full"]]
-                metrics = {f"val/{k}": val["full"][k] for k in keys}
-                metrics.update({f"val/sample100_{k}": val["sample100"][k] for k in keys})
-                # Collapse is visible in any run: mean pairwise cosines near 1 mean every item embeds alike.
-                metrics.update({f"val/{k}": v for k, v in val.get("spread", {}).items() if v is not None})
-                warn_if_collapsed(val, f"step {progress.global_step}")
-                accelerator.log(metrics, step=progress.global_step)
-                logger.info(
-                    f"step {progress.global_step}: validation "
-                    + ", ".join(f"{k[4:]} {v:.2f}" for k, v in metrics.items()),
-                    main_process_only=True,
-                )
-                model.train()
-            if progress.global_step >= total_steps or (
-                args.max_train_minutes and progress.train_seconds > 60 * args.max_train_minutes
-            ):
-                done = True
-                break
-        else:
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
-            checksums[f"epoch{progress.epoch}_end"] = check_replicas(accelerator, model, f"epoch {progress.epoch} end")
-    bar.close()
+                stage["two"] = True
+
+        after_step.append(switch_stage)
+    if args.eval_every and len(splits["validation"]):
+
+        def validate(progress) -> None:
+            if progress.global_step % args.eval_every:
+                return
+            val = evaluate_split(accelerator, unwrapped, splits["validation"], collator, args)
+            keys = [k for k in ("i2t_R@1", "t2i_R@1", "sumR") if k in val["full"]]
+            metrics = {f"val/{k}": val["full"][k] for k in keys}
+            metrics.update({f"val/sample100_{k}": val["sample100"][k] for k in keys})
+            # Collapse is visible in any run: mean pairwise cosines near 1 mean every item embeds alike.
+            metrics.update({f"val/{k}": v for k, v in val.get("spread", {}).items() if v is not None})
+            warn_if_collapsed(val, f"step {progress.global_step}")
+            accelerator.log(metrics, step=progress.global_step)
+            logger.info(
+                f"step {progress.global_step}: validation "
+                + ", ".join(f"{k[4:]} {v:.2f}" for k, v in metrics.items()),
+                main_process_only=True,
+            )
+            model.train()
+
+        after_step.append(validate)
+
+    def epoch_end(progress) -> None:
+        checksums[f"epoch{progress.epoch}_end"] = check_replicas(accelerator, model, f"epoch {progress.epoch} end")
+
+    progress = training.run_training_loop(
+        accelerator,
+        args,
+        model,
+        optimizer,
+        scheduler,
+        make_loader,
+        compute_loss,
+        total_steps,
+        collator=collator,
+        desc=f"pretrain {args.model}",
+        after_step=after_step,
+        after_epoch=epoch_end,
+        progress=progress,
+        budget=budget,
+        logger=logger,
+    )
     checksums["run_end"] = check_replicas(accelerator, model, f"run end (step {progress.global_step})")
-    progress.skipped_items = int(getattr(collator, "num_skipped", 0))
     train_minutes = progress.train_seconds / 60
 
     final = Path(args.output_dir, "final")
@@ -526,25 +502,12 @@ def main(argv=None):
     return results
 
 
-def main_process_seconds(accelerator, seconds: float) -> float:
-    """Training time so far by the main process' clock, the same on every rank: the time budget's stop and LR
-    schedule must not differ between processes (a rank stopping alone would leave the others in a collective).
-    One broadcast per optimizer step, so only runs with a time budget call it."""
-    if accelerator.num_processes == 1:
-        return seconds
-    return float(broadcast(torch.tensor([seconds], dtype=torch.float64, device=accelerator.device)).item())
-
-
 def enter_e2_stage2(model, scheduler, scale_lr=True):
     """E2 stage 2: everything trains, at a tenth of the stage-1 rate (paper: 5e-4 then 5e-5)."""
     model.freeze_pretrained(False)
     if scale_lr:
         inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate wraps the scheduler
         inner.base_lrs = [lr * 0.1 for lr in inner.base_lrs]
-
-
-def save_checkpoint(accelerator, args, progress, collator):
-    training.save_checkpoint(accelerator, args.output_dir, progress, args.keep_checkpoints, collator)
 
 
 def warn_if_collapsed(results: dict, where: str, bound: float = 0.95) -> None:

@@ -572,6 +572,55 @@ def random_batch_loader(dataset, collator, args, accelerator, epoch: int, batch_
     )
 
 
+def resume_progress(accelerator, args, logger=None) -> Progress:
+    """Load the checkpoint ``args.resume_from_checkpoint`` names ('latest' or a folder; None: start fresh) into the
+    prepared objects and return where that run stood. Register extra state with
+    ``accelerator.register_for_checkpointing`` before calling."""
+    progress = Progress()
+    if not getattr(args, "resume_from_checkpoint", None):
+        return progress
+    ckpt = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if ckpt is not None:
+        try:
+            accelerator.load_state(str(ckpt))
+        except (RuntimeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0][:300]
+            raise RuntimeError(
+                f"checkpoint {ckpt} does not fit this run's model ({first} ...): it was written with other "
+                "options (another model, --objective or head). Resume with the same options, or use a new "
+                "--output_dir."
+            ) from None
+        progress = Progress.load(ckpt)
+        message = (
+            f"resumed from {ckpt}: step {progress.global_step}, epoch {progress.epoch}, "
+            f"batch {progress.batches_in_epoch}"
+        )
+    else:
+        message = "no checkpoint yet: starting from scratch"
+    if logger is not None:
+        logger.info(message, main_process_only=True)
+    elif accelerator.is_main_process:
+        print(message)
+    return progress
+
+
+def main_process_seconds(accelerator, seconds: float) -> float:
+    """Training time so far by the main process' clock, the same on every rank: a time budget's stop and LR schedule
+    must not differ between processes (a rank stopping alone would leave the others in a collective). One broadcast
+    per optimizer step, so only runs with a time budget call it."""
+    if accelerator.num_processes == 1:
+        return seconds
+    from accelerate.utils import broadcast
+
+    return float(broadcast(torch.tensor([seconds], dtype=torch.float64, device=accelerator.device)).item())
+
+
+def _as_hooks(hooks) -> list:
+    if hooks is None:
+        return []
+    return list(hooks) if isinstance(hooks, (list, tuple)) else [hooks]
+
+
 def run_training_loop(
     accelerator,
     args,
@@ -580,52 +629,48 @@ def run_training_loop(
     scheduler,
     make_loader,
     compute_loss,
-    total_steps: int,
+    total_steps: float,
     *,
     collator=None,
     desc: str = "train",
     after_step=None,
+    after_epoch=None,
+    progress: Progress | None = None,
+    budget: TimeBudget | None = None,
     logger=None,
 ) -> Progress:
-    """The Accelerate loop of the fine-tuning scripts: resume (``args.resume_from_checkpoint``: 'latest' or a
-    folder, also mid-epoch), gradient accumulation, clipping, tracker logs, a tqdm bar, checkpoints every
-    ``args.checkpoint_every`` steps, and a stop at ``total_steps`` or ``args.max_train_minutes``.
+    """The one Accelerate training loop, of `pretrain.py` and every fine-tuning script: resume
+    (``args.resume_from_checkpoint``: 'latest' or a folder, also mid-epoch), gradient accumulation, clipping, tracker
+    logs, a tqdm bar, checkpoints every ``args.checkpoint_every`` steps, and a stop at ``total_steps`` (may be
+    ``math.inf``) or once ``args.max_train_minutes`` of training time are spent (counted across resumes, by the main
+    process' clock on every rank).
 
     ``make_loader(epoch)`` gives the epoch's DataLoader (batches may be None: all rows bad, skipped);
-    ``compute_loss(model, batch)`` returns ``(loss, {name: float})``; ``after_step()`` runs after every optimizer
-    step (e.g. a momentum teacher's EMA). Register extra state with ``accelerator.register_for_checkpointing``
-    before calling. Returns the final `Progress`.
+    ``compute_loss(model, batch)`` returns ``(loss, {name: float})``. Hooks take the `Progress`:
+    ``after_step`` (one or a list) run after every optimizer step, in order (a momentum teacher's EMA, a stage
+    switch, a periodic evaluation); ``after_epoch`` after every full epoch. ``progress``: where a resumed run stands
+    (default: `resume_progress`); ``budget``: a `TimeBudget` whose schedule follows the training time. Register
+    extra state with ``accelerator.register_for_checkpointing`` before calling. Returns the final `Progress`.
     """
+    import math
     import time
 
     from tqdm.auto import tqdm
 
-    progress = Progress()
-    if args.resume_from_checkpoint:
-        ckpt = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if ckpt is not None:
-            try:
-                accelerator.load_state(str(ckpt))
-            except (RuntimeError, KeyError) as err:
-                first = str(err).strip().splitlines()[0][:300]
-                raise RuntimeError(
-                    f"checkpoint {ckpt} does not fit this run's model ({first} ...): it was written with other "
-                    "options (another model, --objective or head). Resume with the same options, or use a new "
-                    "--output_dir."
-                ) from None
-            progress = Progress.load(ckpt)
-            message = f"resumed from {ckpt}: step {progress.global_step}, epoch {progress.epoch}"
-        else:
-            message = "no checkpoint yet: starting from scratch"
-        if logger is not None:
-            logger.info(message, main_process_only=True)
-        elif accelerator.is_main_process:
-            print(message)
+    if progress is None:
+        progress = resume_progress(accelerator, args, logger)
+    after_step, after_epoch = _as_hooks(after_step), _as_hooks(after_epoch)
+    limit = 60 * args.max_train_minutes if getattr(args, "max_train_minutes", None) else math.inf
+    if budget is not None:
+        budget.spent = progress.train_seconds
     bar = tqdm(
-        total=total_steps, initial=progress.global_step, disable=not accelerator.is_local_main_process, desc=desc
+        total=None if math.isinf(total_steps) else total_steps,
+        initial=progress.global_step,
+        disable=not accelerator.is_local_main_process,
+        desc=desc,
     )
-    started = time.monotonic()
-    done = progress.global_step >= total_steps
+    started, seconds_before = time.monotonic(), progress.train_seconds
+    done = progress.global_step >= total_steps or progress.train_seconds >= limit
     while not done:
         loader = make_loader(progress.epoch)
         if len(loader) == 0:
@@ -638,7 +683,7 @@ def run_training_loop(
         model.train()
         for batch in loader:
             progress.batches_in_epoch += 1
-            if batch is None:
+            if batch is None:  # every row of this batch was bad (counted by the collator)
                 continue
             batch = move_to_device(batch, accelerator.device)
             with accelerator.accumulate(model):
@@ -654,25 +699,30 @@ def run_training_loop(
             if not accelerator.sync_gradients:
                 continue
             progress.global_step += 1
-            if after_step is not None:
-                after_step()
+            progress.train_seconds = seconds_before + time.monotonic() - started
+            if math.isfinite(limit):  # the stop (and the budget's schedule) must agree on every rank
+                progress.train_seconds = main_process_seconds(accelerator, progress.train_seconds)
+            if budget is not None:
+                budget.spent = progress.train_seconds
+            for hook in after_step:
+                hook(progress)
             logs = {"loss": float(loss.detach()), **logs, "lr": scheduler.get_last_lr()[0]}
             accelerator.log(logs, step=progress.global_step)
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.3f}")
             if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
                 save_checkpoint(accelerator, args.output_dir, progress, args.keep_checkpoints, collator)
-            if progress.global_step >= total_steps or (
-                args.max_train_minutes and time.monotonic() - started > 60 * args.max_train_minutes
-            ):
+            if progress.global_step >= total_steps or progress.train_seconds > limit:
                 done = True
                 break
         else:
             progress.epoch += 1
             progress.batches_in_epoch = 0
+            for hook in after_epoch:
+                hook(progress)
     bar.close()
     progress.skipped_items = int(getattr(collator, "num_skipped", 0))
-    progress.history.append({"train_minutes": round((time.monotonic() - started) / 60, 3)})
+    progress.history.append({"train_minutes": round(progress.train_seconds / 60, 3)})
     return progress
 
 
