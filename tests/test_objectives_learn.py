@@ -350,6 +350,9 @@ def test_syncmask_sampler_curriculum_random_then_semi_hard_and_epoch_steps(catal
     import importlib.util
     from types import SimpleNamespace
 
+    from syncmask_hf.pretraining import build_batch_sampler, epoch_steps, sampler_kind
+
+    # only the argument parser comes from the script; the logic is the package's
     spec = importlib.util.spec_from_file_location(
         "pretrain_script", Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
     )
@@ -357,14 +360,14 @@ def test_syncmask_sampler_curriculum_random_then_semi_hard_and_epoch_steps(catal
     spec.loader.exec_module(script)
     args = script.parse_args(["--model", "syncmask", "--num_epochs", "3", "--batch_size", "16"])
     # from scratch: random batches for --random_epochs (1), then semi-hard ones
-    assert [script.sampler_kind(args, e) for e in range(3)] == ["random", "semi_hard", "semi_hard"]
+    assert [sampler_kind(args, e) for e in range(3)] == ["random", "semi_hard", "semi_hard"]
     pretrained = script.parse_args(["--model", "syncmask", "--text_pretrained", "minilm", "--vision_pretrained", "v"])
-    assert script.sampler_kind(pretrained, 0) == "semi_hard"
+    assert sampler_kind(pretrained, 0) == "semi_hard"
     one_tower = script.parse_args(["--model", "syncmask", "--text_pretrained", "minilm"])
-    assert script.sampler_kind(one_tower, 0) == "random"  # a random-init image tower needs the curriculum too
+    assert sampler_kind(one_tower, 0) == "random"  # a random-init image tower needs the curriculum too
     # the schedule's length counts each epoch's own sampler (the semi-hard one drops a tail)
     accelerator = SimpleNamespace(num_processes=1, process_index=0)
     train = catalog.select(range(400))
-    lengths = [len(script.build_batch_sampler(args, train, accelerator, e)) for e in range(3)]
+    lengths = [len(build_batch_sampler(args, train, accelerator, e)) for e in range(3)]
     assert lengths[0] == 400 // 16 and lengths[1] <= lengths[0]
-    assert script.epoch_steps(args, train, accelerator) == sum(lengths)
+    assert epoch_steps(args, train, accelerator) == sum(lengths)
