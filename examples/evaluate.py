@@ -37,10 +37,10 @@ import torch
 import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
 from syncmask_hf.data import FASHIONIQ_CATEGORIES
+from syncmask_hf.data.collator import FashionCollator
 from syncmask_hf.evaluation import format_results_markdown, save_results
 from syncmask_hf.evaluation.evaluator import RetrievalEmbeddings
 from syncmask_hf.evaluation.retrieval import DEFAULT_FAISS_THRESHOLD
-from syncmask_hf.models.processing_fashion import FashionCollator
 from syncmask_hf.specs import models_with_head, task_head
 
 TASKS = ("retrieval", "tgir", "classification")
@@ -221,7 +221,7 @@ def main(argv=None):
         print(training.retrieval_summary_table(results))
 
     if "tgir" in args.tasks:
-        from syncmask_hf.composed_retrieval import colour_variant_set, evaluate_tgir, fashioniq_set, load_tgir_model
+        from syncmask_hf.tgir import colour_variant_set, evaluate_tgir, fashioniq_set, load_tgir_model
 
         head = args.tgir_head
         if head == "auto":  # the fusion head only when it was trained (finetune_tgir.py saved it), else image + text

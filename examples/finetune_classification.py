@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
+from syncmask_hf.data.collator import FashionCollator
 from syncmask_hf.evaluation import classification_accuracy, format_results_markdown, save_results
-from syncmask_hf.models.processing_fashion import FashionCollator
 from syncmask_hf.specs import models_with_head, task_head
 
 logger = get_logger(__name__)

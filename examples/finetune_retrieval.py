@@ -32,8 +32,8 @@ from accelerate.utils import set_seed
 
 import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
+from syncmask_hf.data.collator import FashionCollator
 from syncmask_hf.evaluation import format_results_markdown, save_results
-from syncmask_hf.models.processing_fashion import FashionCollator
 from syncmask_hf.specs import task_head
 
 logger = get_logger(__name__)

@@ -29,7 +29,9 @@ from accelerate.utils import set_seed
 
 import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
-from syncmask_hf.composed_retrieval import (
+from syncmask_hf.data import FASHIONIQ_CATEGORIES
+from syncmask_hf.evaluation import format_results_markdown, save_results
+from syncmask_hf.tgir import (
     ComposedQueryModel,
     TripletCollator,
     TripletDataset,
@@ -38,8 +40,6 @@ from syncmask_hf.composed_retrieval import (
     fashioniq_set,
     load_tgir_model,
 )
-from syncmask_hf.data import FASHIONIQ_CATEGORIES
-from syncmask_hf.evaluation import format_results_markdown, save_results
 
 logger = get_logger(__name__)
 

@@ -29,9 +29,10 @@ from accelerate.utils import set_seed
 
 import syncmask_hf  # noqa: F401  (registers the package's models with the Auto classes)
 from syncmask_hf import FashionDeCapConfig, FashionDeCapForCaptioning
-from syncmask_hf.captioning import caption_images, encode_images, encode_texts, train_decap
+from syncmask_hf.captioner import caption_images, encode_images, encode_texts, train_decap
 from syncmask_hf.evaluation import caption_metrics, format_results_markdown
-from syncmask_hf.models.processing_fashion import FashionInputError, load_image, normalize_text
+from syncmask_hf.models.image_loading import FashionInputError, load_image
+from syncmask_hf.models.processing_fashion import normalize_text
 from syncmask_hf.training import load_catalog_splits, load_model_folder, multi_cpu_launch
 
 logger = get_logger("train_captioner")

@@ -17,7 +17,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoModel, BertTokenizer, GPT2Config
 
 from syncmask_hf import FashionDeCapConfig, FashionDeCapForCaptioning
-from syncmask_hf.captioning import caption_images, train_decap
+from syncmask_hf.captioner import caption_images, train_decap
 from syncmask_hf.models.modeling_decap import CACHE_NAME
 
 WORDS = "red blue dress shirt cotton silk long short sleeve with pocket collar".split()

@@ -275,7 +275,7 @@ def test_browser_search_and_upload(server, photo, tmp_path):
 def test_caption_with_a_trained_captioner_folder(engine, tmp_path):
     """With --captioner the demo decodes a caption from the image embedding (not the closest-text fallback)."""
     from syncmask_hf import FashionDeCapConfig, FashionDeCapForCaptioning
-    from syncmask_hf.captioning import encode_texts, train_decap
+    from syncmask_hf.captioner import encode_texts, train_decap
 
     texts = list(engine.catalog["text"])[:24]
     tokens = engine.processor.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")

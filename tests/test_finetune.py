@@ -208,7 +208,7 @@ def test_colour_variant_triplets_on_hm(shared_data):
 def test_contrastive_and_composed_wrappers_train_on_clip_interface(assets):
     from transformers import AutoModel
 
-    from syncmask_hf.composed_retrieval import ComposedQueryModel
+    from syncmask_hf.tgir import ComposedQueryModel
     from syncmask_hf.training import ContrastiveFineTuning
 
     base = AutoModel.from_pretrained(assets["model"])

@@ -264,7 +264,7 @@ def test_fashionfae_itm_negatives_fall_on_random_rows():
 
 def test_fashionfae_aetp_masks_whole_title_words(catalog):
     from syncmask_hf.models.modeling_fashionfae import aetp_mask
-    from syncmask_hf.models.processing_fashion import ROLE_TITLE
+    from syncmask_hf.models.modeling_utils import ROLE_TITLE
 
     model, collator = build("fashionfae")
     rows = [dict(catalog[i], title="Unbelievablyfashionable overshirtdress", description="a soft cotton shirt dress")

@@ -12,21 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from syncmask_hf.data.collator import FashionCollator, split_title
+from syncmask_hf.models.image_loading import FashionInputError, load_image
+from syncmask_hf.models.modeling_utils import ROLE_DESCRIPTION, ROLE_SPECIAL, ROLE_TEMPLATE, ROLE_TITLE, ROLE_VALUE
 from syncmask_hf.models.pretrained import minilm_path
-from syncmask_hf.models.processing_fashion import (
-    ROLE_DESCRIPTION,
-    ROLE_SPECIAL,
-    ROLE_TEMPLATE,
-    ROLE_TITLE,
-    ROLE_VALUE,
-    FashionCollator,
-    FashionInputError,
-    FashionProcessor,
-    load_image,
-    normalize_text,
-    split_title,
-    stable_id,
-)
+from syncmask_hf.models.processing_fashion import FashionProcessor, normalize_text, stable_id
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SIZE = 16

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
 
 QUERIES = [
     f"{colour} {pattern} {garment}"
@@ -55,7 +51,7 @@ def main(argv=None):
     tmp = tempfile.TemporaryDirectory()
     model = args.model
     if model is None:
-        from helpers import save_tiny_model
+        from syncmask_hf.training import save_random_model as save_tiny_model
 
         model = str(save_tiny_model("syncmask", Path(tmp.name) / "model"))
     start = time.perf_counter()

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from syncmask_hf.models.processing_fashion import FashionCollator, FashionProcessor
+from syncmask_hf.data.collator import FashionCollator
+from syncmask_hf.models.processing_fashion import FashionProcessor
 
 
 def hm_rows(root: Path, n: int) -> list[dict]:

@@ -24,13 +24,10 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import threading
 import time
 
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from syncmask_hf import SyncMaskConfig, SyncMaskForPreTraining, SyncMaskModel  # noqa: E402
 

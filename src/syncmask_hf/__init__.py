@@ -12,8 +12,7 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from . import data, evaluation
-from .captioning import caption_images, train_decap
-from .composed_retrieval import ComposedQueryModel
+from .captioner import caption_images, train_decap
 from .data import (
     CATALOG_FEATURES,
     GroupedSemiHardBatchSampler,
@@ -24,11 +23,13 @@ from .data import (
     load_fashioniq,
     product_disjoint_split,
 )
+from .data.collator import FashionCollator, split_title
 from .hub import HubFolderError, check_model_folder, push_demo_space, push_model_folder, write_model_card
 from .models.configuration_decap import FashionDeCapConfig
 from .models.configuration_e2 import E2Config
 from .models.configuration_fashionfae import FashionFAEConfig
 from .models.configuration_syncmask import SyncMaskConfig
+from .models.image_loading import FashionInputError, load_image
 from .models.masking import synchronized_masks, synchronized_scores
 from .models.modeling_decap import FashionDeCapForCaptioning, FashionDeCapOutput, FashionDeCapPreTrainedModel
 from .models.modeling_e2 import (
@@ -60,18 +61,11 @@ from .models.modeling_syncmask import (
     SyncMaskVisionModelWithProjection,
 )
 from .models.pretrained import minilm_path, resolve_pretrained
-from .models.processing_fashion import (
-    FashionCollator,
-    FashionInputError,
-    FashionProcessor,
-    load_image,
-    normalize_text,
-    split_title,
-    stable_id,
-)
+from .models.processing_fashion import FashionProcessor, normalize_text, stable_id
 from .models.task_sampler import FashionFAETaskSampler
 from .presets import list_presets, preset_path
 from .specs import SPECS, ModelSpec, get_spec
+from .tgir import ComposedQueryModel
 
 # --- Auto registration ---------------------------------------------------------------------------------------------
 # Each model's Auto classes come from its spec. The processor is found by name from processor_config.json and for

@@ -22,9 +22,9 @@ from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwa
 
 from . import training
 from .data import GroupedSemiHardBatchSampler, OneImagePerProductSampler, RandomBatchSampler, text_id
+from .data.collator import FashionCollator
 from .evaluation import save_results
 from .models.pretrained import resolve_pretrained
-from .models.processing_fashion import FashionCollator
 from .specs import get_spec
 from .training import (
     TimeBudget,

@@ -302,6 +302,18 @@ def build_processor(model_name: str, config, text_name_or_path: str | None = Non
 # ----------------------------------------------------------------------------------------------------------------
 # Shared by pretrain.py, the fine-tuning scripts and evaluate.py
 # ----------------------------------------------------------------------------------------------------------------
+def save_random_model(model_name: str, folder: str | os.PathLike, preset: str | None = None, seed: int = 0) -> Path:
+    """Save a randomly initialised model of `model_name` (its tiny preset by default) with its processor, as
+    `pretrain.py` leaves a folder: for smoke tests, the demo and benchmarks that need a folder but no training."""
+    spec = get_spec(model_name)
+    torch.manual_seed(seed)
+    config = spec.config_class.from_json_file(str(resolve_config_path(model_name, preset or spec.tiny_preset)))
+    model = spec.pretraining_class(config).eval()
+    model.save_pretrained(folder)
+    build_processor(model_name, config).save_pretrained(folder)
+    return Path(folder)
+
+
 def collator_mode(config) -> str:
     """The `FashionCollator` mode a model of `config` expects: its model type, "syncmask" (image-text pairs) for
     any other dual encoder."""
@@ -765,7 +777,7 @@ def embed_catalog_images(
     ``skip_bad=False``), and the kept indices keep features aligned with the rows' labels."""
     from tqdm.auto import tqdm
 
-    from .models.processing_fashion import FashionInputError, load_image
+    from .models.image_loading import FashionInputError, load_image
 
     device = device or next(model.parameters()).device
     was_training = model.training

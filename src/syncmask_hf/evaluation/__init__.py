@@ -15,13 +15,13 @@ Never imported by modeling files (Hub copies of models stay self-contained).
 
 from pathlib import Path
 
-from .captioning import bleu4, caption_metrics, cider_d, corpus_bleu, rouge_l, tokenize
+from ..tgir import tgir_recall  # the metric lives with the rest of text-guided retrieval
+from .caption_metrics import bleu4, caption_metrics, cider_d, corpus_bleu, rouge_l, tokenize
 from .classification import classification_accuracy, linear_probe
 from .evaluator import RetrievalEmbeddings, RetrievalEvaluator, embedding_spread, mean_pairwise_cosine
 from .faiss_index import EmbeddingIndex
 from .report import format_results_markdown, save_results
 from .retrieval import deduplicate_texts, recall_at_k, retrieval_recall, sample100_recall
-from .tgir import tgir_recall
 
 RECALL_AT_K_PATH = str(Path(__file__).resolve().parent / "recall_at_k")
 """Folder of the recall@K ``evaluate`` module: ``evaluate.load(RECALL_AT_K_PATH)`` works offline."""

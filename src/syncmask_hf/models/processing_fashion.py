@@ -1,4 +1,5 @@
-"""`FashionProcessor`: product records (image, text, attributes) -> model inputs, plus `FashionCollator` for batches.
+"""`FashionProcessor`: product records (image, text, attributes) -> model inputs (batches of catalogue rows:
+`syncmask_hf.data.collator.FashionCollator`; images: `image_loading.load_image`).
 
 One processor serves the three models of the package, following the input contract of the project:
 
@@ -12,30 +13,25 @@ One processor serves the three models of the package, following the input contra
 - `product_ids` / `text_ids` (B,) int64: `stable_id` hashes of the product id and of the normalised text.
 
 The processor is built from existing transformers parts (a PIL-backend ViT/CLIP image processor and a fast tokenizer)
-and saves / loads like any transformers processor; this file imports only transformers, torch, numpy and PIL (and its
-sibling `pretrained.py` lazily) so a Hub copy loads with `trust_remote_code=True` without the package installed.
+and saves / loads like any transformers processor; this file imports only transformers, torch, numpy, PIL and its
+siblings (`image_loading.py`, `modeling_utils.py`; `pretrained.py` lazily) so a Hub copy loads with `trust_remote_code=True` without the package installed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import multiprocessing
-import os
 import random
-import re
 import unicodedata
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .image_loading import FashionInputError, _where, load_image
 from .modeling_utils import ROLE_DESCRIPTION, ROLE_SPECIAL, ROLE_TEMPLATE, ROLE_TITLE, ROLE_VALUE
 
 DEFAULT_ENTITIES = ["brand", "season", "subcategory", "description"]
@@ -69,145 +65,6 @@ def normalize_text(text: str | None) -> str:
     if not text:
         return ""
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
-
-
-class FashionInputError(ValueError):
-    """A bad input item; the message names the item (batch index and/or item_id) and what to do about it."""
-
-    def __init__(self, message: str, index: int | None = None, item_id: str | None = None):
-        super().__init__(message)
-        self.index = index
-        self.item_id = item_id
-
-
-def _where(index: int | None, item_id: Any = None) -> str:
-    parts = []
-    if item_id not in (None, ""):
-        parts.append(f"item_id={item_id!r}")
-    if index is not None:
-        parts.append(f"batch index {index}")
-    return "item " + " / ".join(parts) if parts else "item"
-
-
-# ----------------------------------------------------------------------------------------------------- images
-_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
-
-
-def _array_to_pil(array: np.ndarray) -> Image.Image:
-    """HxW, HxWxC or CxHxW (C in 1, 2, 3, 4: L, LA, RGB, RGBA) arrays of uint8, uint16, bool, other ints or floats
-    (0-1 or 0-255). The alpha channel is kept (an LA / RGBA image); `_pil_to_rgb` composites it on white."""
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # channels first (torch layout)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
-        raise ValueError(f"an image array must be HxW, HxWxC or CxHxW with C in (1, 2, 3, 4); got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"the image array is empty (shape {array.shape})")
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype == np.uint16:
-        array = (array.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.floating):
-        array = np.nan_to_num(array.astype(np.float32))
-        scale = 255.0 if float(array.max()) <= 1.0 else 1.0
-        array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
-    elif array.dtype != np.uint8:
-        array = array.astype(np.int64)
-        if int(array.max()) > 255:  # 16-bit data stored in a wider integer type
-            array = array / 257.0
-        array = np.clip(array, 0, 255).round().astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(array))
-
-
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. Transparency is composited on white (catalogue cut-outs are shot on white)."""
-    image.load()  # decode now, so that truncated / corrupt files fail here, with the item named by the caller
-    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
-    if orientation not in (1, None):
-        image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        return _array_to_pil(np.asarray(image)).convert("RGB")
-    if mode == "1":
-        image = image.convert("L")
-        mode = "L"
-    if mode in _ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(image: Any, index: int | None = None, item_id: Any = None) -> Image.Image:
-    """One image input -> RGB PIL image, or `FashionInputError` naming the item.
-
-    Accepts a PIL image of any mode (RGB, L, LA, P, RGBA, CMYK, I;16, I, F, 1, ...), a path, encoded bytes, a
-    file-like object, a numpy array / torch tensor, or a `datasets.Image(decode=False)` dict {"bytes", "path"}.
-    """
-    where = _where(index, item_id)
-    if image is None:
-        raise FashionInputError(
-            f"{where}: no image (None). Drop the row or pass skip_bad=True to the collator.", index, item_id
-        )
-    try:
-        if isinstance(image, Mapping) and ("bytes" in image or "path" in image):
-            if image.get("bytes"):
-                image = image["bytes"]
-            elif image.get("path"):
-                image = image["path"]
-            else:
-                raise FashionInputError(f"{where}: the image dict has neither bytes nor a path.", index, item_id)
-        if isinstance(image, Image.Image):
-            return _pil_to_rgb(image)
-        if isinstance(image, (str, os.PathLike)):
-            path = os.fspath(image)
-            if re.match(r"^https?://", path):
-                raise FashionInputError(
-                    f"{where}: {path!r} is a URL; the processor does not download. Fetch the image first.",
-                    index,
-                    item_id,
-                )
-            if not os.path.isfile(path):
-                raise FashionInputError(
-                    f"{where}: image file {path!r} does not exist. Check the image folder / path column.",
-                    index,
-                    item_id,
-                )
-            with Image.open(path) as opened:
-                return _pil_to_rgb(opened).copy()
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            if len(image) == 0:
-                raise FashionInputError(f"{where}: the image bytes are empty.", index, item_id)
-            with Image.open(io.BytesIO(bytes(image))) as opened:
-                return _pil_to_rgb(opened).copy()
-        if hasattr(image, "read"):
-            with Image.open(image) as opened:
-                return _pil_to_rgb(opened).copy()
-        if isinstance(image, torch.Tensor):
-            image = image.detach().cpu().numpy()
-        if isinstance(image, np.ndarray):
-            # through `_pil_to_rgb`, so that an alpha channel is composited on white exactly like a PIL RGBA image
-            pil = _array_to_pil(image)
-            rgb = _pil_to_rgb(pil)
-            return rgb.copy() if rgb is pil else rgb  # never share memory with the caller's array
-    except FashionInputError:
-        raise
-    except Exception as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-        raise FashionInputError(
-            f"{where}: cannot decode the image ({type(error).__name__}: {error}). The file is corrupt, truncated or not "
-            "an image: replace it, or pass skip_bad=True to the collator to drop such rows.",
-            index,
-            item_id,
-        ) from error
-    raise FashionInputError(
-        f"{where}: {type(image).__name__} is not an image; pass a PIL image, a path, bytes or an array.",
-        index,
-        item_id,
-    )
 
 
 def _check_text(text: Any, index: int | None, item_id: Any = None) -> str:
@@ -654,232 +511,3 @@ def _make_rng(seed, generator) -> random.Random:
     if isinstance(generator, torch.Generator):
         return random.Random(int(torch.randint(0, 2**62, (1,), generator=generator).item()))
     raise TypeError(f"generator must be random.Random, numpy Generator or torch.Generator, got {type(generator)}")
-
-
-# ----------------------------------------------------------------------------------------------------- collator
-def split_title(text: str, max_title_words: int = 12) -> tuple[str, str]:
-    """`"Title. Description"` -> `(title, description)` when the first sentence (or line) is short; else `("", text)`.
-
-    Catalogue rows carry one `text`; the loaders write it as title, then description. FashionFAE needs them apart
-    (it masks title words and description tokens differently); rows with explicit `title` / `description` columns
-    bypass this.
-    """
-    text = text or ""
-    match = re.match(r"\s*(.+?)(?:[.!?]\s+|\s*\n+\s*)(.*)\Z", text, flags=re.S)
-    if match and len(match.group(1).split()) <= max_title_words:
-        return match.group(1).strip(), match.group(2).strip()
-    if len(text.split()) <= max_title_words and not re.search(r"[.!?]\s", text):
-        return text.strip().rstrip("."), ""
-    return "", text.strip()
-
-
-class FashionCollator:
-    """Catalogue rows (dicts with `image`, `text`, `product_id`, `item_id`, attributes) -> a model batch.
-
-    Args:
-        processor: a `FashionProcessor`.
-        mode: named after the model the batch is for: `"syncmask"` (SyncMask and any dual encoder: pixel_values,
-            input_ids, attention_mask, product_ids, text_ids), `"e2"` (adds the entity tensors) or `"fashionfae"`
-            (attribute-templated text with token_roles and attribute_ids). The earlier names `"pairs"` and `"fae"`
-            are accepted for `"syncmask"` and `"fashionfae"`.
-        skip_bad: drop bad rows (missing / corrupt image, empty row, non-string text) and count them instead of
-            raising. `num_skipped` is shared with DataLoader workers; `skip_reasons` / `skipped_item_ids` are kept in
-            the process that collated (the main process when num_workers=0). A batch whose rows are all bad gives
-            `None`: skip it in the loop. Corrupt bytes can only be caught here when the dataset does not decode them
-            first: load with `dataset.cast_column("image", datasets.Image(decode=False))`.
-        category_label_map / subcategory_label_map: name -> class index (or a list of names) to add
-            `category_labels` / `subcategory_labels` (-100 when unknown or not in the map).
-        seed: seed of the template shuffle in `"fashionfae"` mode (per batch, from the seed and its items: exact in any worker and after a resume).
-        e2_text: the global text of `"e2"` mode: `"tags_and_description"` (the authors' code: the values of the
-            processor's entities other than the description, then the row text) or `"description"` (the row text
-            alone). The description entity is the row's `description` column, else its text, either way.
-    """
-
-    MODES = ("syncmask", "e2", "fashionfae")
-    MODE_ALIASES = {"pairs": "syncmask", "fae": "fashionfae"}  # the names before the modes were named after models
-    E2_TEXTS = ("tags_and_description", "description")
-
-    def __init__(
-        self,
-        processor: FashionProcessor,
-        mode: str = "syncmask",
-        skip_bad: bool = False,
-        category_label_map: Mapping[str, int] | Sequence[str] | None = None,
-        subcategory_label_map: Mapping[str, int] | Sequence[str] | None = None,
-        seed: int | None = None,
-        return_tensors: str = "pt",
-        max_logged: int = 1000,
-        e2_text: str = "tags_and_description",
-    ):
-        mode = self.MODE_ALIASES.get(mode, mode)
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
-        if e2_text not in self.E2_TEXTS:
-            raise ValueError(f"e2_text must be one of {self.E2_TEXTS}, got {e2_text!r}")
-        self.e2_text = e2_text
-        self.processor = processor
-        self.mode = mode
-        self.skip_bad = skip_bad
-        self.category_label_map = self._label_map(category_label_map)
-        self.subcategory_label_map = self._label_map(subcategory_label_map)
-        self.seed = seed
-        self.return_tensors = return_tensors
-        self.max_logged = max_logged
-        self.skip_reasons: Counter = Counter()
-        self.skipped_item_ids: list[str] = []
-        self._skipped = multiprocessing.Value("q", 0)
-
-    @staticmethod
-    def _label_map(label_map) -> dict[str, int] | None:
-        if label_map is None:
-            return None
-        if isinstance(label_map, Mapping):
-            return {str(k): int(v) for k, v in label_map.items()}
-        return {str(name): i for i, name in enumerate(label_map)}
-
-    @property
-    def num_skipped(self) -> int:
-        """Rows dropped so far by `skip_bad`, summed over DataLoader workers."""
-        return int(self._skipped.value)
-
-    def report(self) -> str:
-        """One line for the training log: how many rows were skipped and why."""
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skip_reasons.most_common())
-        return f"skipped {self.num_skipped} bad rows" + (f" ({reasons})" if reasons else "")
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        # A shared counter travels to DataLoader workers (process start); pickled anywhere else it becomes a snapshot.
-        if multiprocessing.context.get_spawning_popen() is None:
-            state["_skipped"] = int(self._skipped.value)
-        return state
-
-    def __setstate__(self, state):
-        if isinstance(state.get("_skipped"), int):
-            state["_skipped"] = multiprocessing.Value("q", state["_skipped"])
-        self.__dict__.update(state)
-
-    def _shuffle_rng(self, rows) -> random.Random:
-        """The template shuffle's generator for one batch, seeded by `seed` and the batch's items: the same batch
-        gets the same templates in any worker and after a resume that skips the batches before it (a stream would
-        depend on how many batches this process collated), and reshuffled batches of the next epoch get new ones."""
-        if self.seed is None:
-            return random.Random()
-        keys = "|".join(str(row.get("item_id") or row.get("product_id") or "") for row in rows)
-        return random.Random(stable_id(f"{self.seed}|{keys}"))
-
-    def e2_full_text(self, attrs: Mapping[str, Any], text: str) -> str:
-        """E2's global text: the tag values (the processor's entities but the description, in their order), then
-        the row text, e.g. "H&M. Summer. Dresses. Sleeveless jersey dress ..."."""
-        tags = [self.processor._value(attrs, name) for name in self.processor.entities if name != "description"]
-        tags = [tag for tag in tags if tag]
-        return ". ".join([*tags, text]) if tags else text
-
-    def _skip(self, error: FashionInputError, reason: str):
-        with self._skipped.get_lock():
-            self._skipped.value += 1
-        self.skip_reasons[reason] += 1
-        if len(self.skipped_item_ids) < self.max_logged:
-            self.skipped_item_ids.append(str(error.item_id) if error.item_id is not None else f"index {error.index}")
-
-    def _check_row(self, index: int, row: Any) -> tuple[Image.Image, str, str]:
-        if row is None or not isinstance(row, Mapping) or len(row) == 0:
-            raise FashionInputError(
-                f"{_where(index)}: empty or unreadable row ({type(row).__name__}); rows must be dicts with at least "
-                "'image' and 'text'.",
-                index,
-            )
-        item_id = row.get("item_id")
-        if "image" not in row:
-            raise FashionInputError(
-                f"{_where(index, item_id)}: the row has no 'image' column (columns: {sorted(row)}).", index, item_id
-            )
-        image = load_image(row["image"], index=index, item_id=item_id)
-        text = _check_text(row.get("text"), index, item_id)
-        return image, text, "" if item_id is None else str(item_id)
-
-    @staticmethod
-    def _reason(error: FashionInputError) -> str:
-        message = str(error)
-        for key, reason in (
-            ("empty or unreadable row", "empty row"),
-            ("no 'image' column", "no image column"),
-            ("no image", "missing image"),
-            ("does not exist", "missing file"),
-            ("cannot decode", "corrupt image"),
-            ("text must be", "bad text"),
-        ):
-            if key in message:
-                return reason
-        return "bad input"
-
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> BatchFeature | None:
-        images, texts, kept = [], [], []
-        for index, row in enumerate(rows):
-            try:
-                image, text, _ = self._check_row(index, row)
-            except FashionInputError as error:
-                if not self.skip_bad:
-                    raise
-                self._skip(error, self._reason(error))
-                continue
-            images.append(image)
-            texts.append(text)
-            kept.append(row)
-        if not kept:
-            return None
-
-        product_keys = []
-        for i, row in enumerate(kept):
-            key = row.get("product_id") or row.get("item_id")
-            product_keys.append(str(key) if key not in (None, "") else f"\x00row:{i}:{texts[i]}")
-        attributes = [{k: v for k, v in row.items() if k != "image"} for row in kept]
-
-        if self.mode == "fashionfae":
-            titles, descriptions = [], []
-            for row, text in zip(kept, texts):
-                if "title" in row or "description" in row:
-                    titles.append(row.get("title") or "")
-                    descriptions.append(row.get("description") or "")
-                else:
-                    title, description = split_title(text)
-                    titles.append(title)
-                    descriptions.append(description)
-            batch = self.processor(
-                images=images,
-                text=descriptions,
-                titles=titles,
-                attributes=attributes,
-                product_ids=product_keys,
-                text_format="attributes",
-                return_entities=False,
-                generator=self._shuffle_rng(kept),
-                return_tensors=self.return_tensors,
-            )
-            # text_ids hash the row text itself, so FAE's shuffled templates do not make equal texts differ
-            text_ids = [stable_id(normalize_text(t)) for t in texts]
-        else:
-            model_texts = texts
-            if self.mode == "e2":
-                for attrs, text in zip(attributes, texts):
-                    attrs.setdefault("description", text)
-                if self.e2_text == "tags_and_description":
-                    model_texts = [self.e2_full_text(attrs, text) for attrs, text in zip(attributes, texts)]
-            batch = self.processor(
-                images=images,
-                text=model_texts,
-                attributes=attributes if self.mode == "e2" else None,
-                product_ids=product_keys,
-                text_format="plain",
-                return_entities=self.mode == "e2",
-                return_tensors=self.return_tensors,
-            )
-            text_ids = [stable_id(normalize_text(t)) for t in texts]
-        batch["text_ids"] = torch.tensor(text_ids, dtype=torch.long) if self.return_tensors == "pt" else text_ids
-        for name, label_map in (("category", self.category_label_map), ("subcategory", self.subcategory_label_map)):
-            if label_map is not None:
-                labels = [label_map.get(str(row.get(name) or ""), -100) for row in kept]
-                batch[f"{name}_labels"] = (
-                    torch.tensor(labels, dtype=torch.long) if self.return_tensors == "pt" else labels
-                )
-        return batch
