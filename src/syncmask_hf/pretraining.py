@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 
 from . import training
 from .data import GroupedSemiHardBatchSampler, OneImagePerProductSampler, RandomBatchSampler, text_id
@@ -36,8 +34,8 @@ from .training import (
     cosine_with_warmup,
     e2_text,
     load_catalog_splits,
+    make_accelerator,
     model_classes,
-    multi_cpu_launch,
     parameter_groups,
     resolve_config_path,
 )
@@ -123,31 +121,10 @@ def build_batch_sampler(args, train, accelerator, epoch):
 def pretrain(args):
     """The pretraining job for parsed `examples/pretrain.py` arguments; returns the held-out results."""
     spec = get_spec(args.model)
-    project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs"))
-    report_to = args.report_to
-    if report_to == "auto":
-        try:
-            import tensorboard  # noqa: F401
-
-            report_to = "tensorboard"
-        except ImportError:
-            report_to = None
-    accelerator = Accelerator(
-        cpu=multi_cpu_launch(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if report_to in (None, "none") else report_to,
-        project_config=project,
-        # Our batch samplers are rank-aware already: Accelerate must not shard their batches again.
-        dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
-        # FashionFAE runs one task per step, so each step leaves the other tasks' heads without gradients; E2's
-        # stage 1 leaves the CLIP towers without them.
-        kwargs_handlers=[
-            DistributedDataParallelKwargs(
-                find_unused_parameters=spec.task_per_step
-                or (spec.two_stage and args.e2_stage in ("auto", "1", "both"))
-            )
-        ],
-    )
+    # FashionFAE runs one task per step, so each step leaves the other tasks' heads without gradients; E2's stage 1
+    # leaves the CLIP towers without them.
+    find_unused = spec.task_per_step or (spec.two_stage and args.e2_stage in ("auto", "1", "both"))
+    accelerator, _ = make_accelerator(args, "pretrain", find_unused_parameters=find_unused)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     set_seed(args.seed)
 
@@ -229,10 +206,6 @@ def pretrain(args):
     progress = training.resume_progress(accelerator, args, logger)
     if budget is not None:
         budget.spent = progress.train_seconds
-    if report_to not in (None, "none"):
-        accelerator.init_trackers(
-            "pretrain", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
-        )
     unwrapped = accelerator.unwrap_model(model)
 
     def make_loader(epoch: int):
@@ -268,10 +241,8 @@ def pretrain(args):
             return progress.global_step >= max(1, total_steps // 5)
 
         stage = {"two": stage2_due(progress)}
-        if stage["two"]:
-            enter_e2_stage2(
-                unwrapped, scheduler, scale_lr=False
-            )  # resumed inside stage 2: the LR is in the checkpoint
+        if stage["two"]:  # resumed inside stage 2: the LR is in the checkpoint
+            enter_e2_stage2(unwrapped, scheduler, scale_lr=False)
 
         def switch_stage(progress) -> None:
             if not stage["two"] and stage2_due(progress):
