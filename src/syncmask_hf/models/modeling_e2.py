@@ -36,7 +36,7 @@ from .losses import (
     multi_positive_targets,
     soft_cross_entropy,
 )
-from .modeling_utils import extend_auto_map
+from .modeling_utils import ImageTowerMixin, TextTowerMixin, extend_auto_map
 
 
 @dataclass
@@ -506,13 +506,12 @@ class E2Model(E2PreTrainedModel):
         )
 
 
-class E2VisionModelWithProjection(E2PreTrainedModel):
+class E2VisionModelWithProjection(ImageTowerMixin, E2PreTrainedModel):
     """E2's image side alone (CLIPVisionModelWithProjection's role): the CLIP vision tower with the selection tokens,
     fusion blocks, entity heads and the global projection. `forward(pixel_values)` returns `get_image_features`
     (an `E2VisionOutput`: `pooler_output` = the global embedding), for `pipeline("image-feature-extraction",
     model=...)`. Loads from an `E2Model` folder; the text tower's weights are skipped."""
 
-    main_input_name = "pixel_values"
     _keys_to_ignore_on_load_unexpected = [
         r"^(?!vision_model\.|visual_projection\.|selection_tokens|fusion_blocks\.|entity_heads\.)"
     ]
@@ -527,15 +526,11 @@ class E2VisionModelWithProjection(E2PreTrainedModel):
     ) -> E2VisionOutput:
         return _encode_image(self, pixel_values, interpolate_pos_encoding)
 
-    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs) -> E2VisionOutput:
-        return _encode_image(self, pixel_values, interpolate_pos_encoding)
 
-
-class E2TextModelWithProjection(E2PreTrainedModel):
+class E2TextModelWithProjection(TextTowerMixin, E2PreTrainedModel):
     """E2's text side alone (CLIPTextModelWithProjection's role): `forward(input_ids, attention_mask)` returns
     `get_text_features`. Loads from an `E2Model` folder; the image side's weights are skipped."""
 
-    main_input_name = "input_ids"
     _keys_to_ignore_on_load_unexpected = [r"^(?!text_model\.|text_projection\.)"]
 
     def __init__(self, config: E2Config):
@@ -543,13 +538,7 @@ class E2TextModelWithProjection(E2PreTrainedModel):
         _build_text_side(self, config)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.text_model.get_input_embeddings()
-
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
-        return _text_features(self, input_ids, attention_mask, position_ids)
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs) -> BaseModelOutputWithPooling:
         return _text_features(self, input_ids, attention_mask, position_ids)
 
 

@@ -35,6 +35,8 @@ from .modeling_utils import (
     ROLE_DESCRIPTION,
     ROLE_SPECIAL,
     ROLE_TITLE,
+    ImageTowerMixin,
+    TextTowerMixin,
     extend_auto_map,
     init_embeddings,
     patchify,
@@ -741,8 +743,7 @@ class FashionFAEForPreTraining(FashionFAEPreTrainedModel):
         return FashionFAEForPreTrainingOutput(**out)
 
 
-# save_pretrained writes `auto_map` and copies this code, so Hub copies load with trust_remote_code=True.
-class FashionFAEVisionModelWithProjection(FashionFAEPreTrainedModel):
+class FashionFAEVisionModelWithProjection(ImageTowerMixin, FashionFAEPreTrainedModel):
     """The image tower and its ITC projection alone (CLIPVisionModelWithProjection's role), for
     `pipeline("image-feature-extraction", model=...)`: `forward(pixel_values)` returns `get_image_features`. Loads
     from any FashionFAE folder (base or pretraining); other weights are skipped."""
@@ -758,15 +759,11 @@ class FashionFAEVisionModelWithProjection(FashionFAEPreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return _image_features(self, pixel_values)
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        return _image_features(self, pixel_values)
 
-
-class FashionFAETextModelWithProjection(FashionFAEPreTrainedModel):
+class FashionFAETextModelWithProjection(TextTowerMixin, FashionFAEPreTrainedModel):
     """The text tower (BERT over the text alone) and its ITC projection (CLIPTextModelWithProjection's role):
     `forward(input_ids, attention_mask)` returns `get_text_features`. Loads from any FashionFAE folder."""
 
-    main_input_name = "input_ids"
     _keys_to_ignore_on_load_unexpected = [r"^(?!text_model\.|text_projection\.)"]
 
     def __init__(self, config: FashionFAEConfig):
@@ -775,20 +772,13 @@ class FashionFAETextModelWithProjection(FashionFAEPreTrainedModel):
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.text_model.get_input_embeddings()
-
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
         return _text_features(self, input_ids, attention_mask)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        return _text_features(self, input_ids, attention_mask)
 
-
+# save_pretrained writes `auto_map` and copies this code, so Hub copies load with trust_remote_code=True.
 FashionFAEConfig.register_for_auto_class()
 FashionFAEModel.register_for_auto_class("AutoModel")
 FashionFAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")

@@ -44,7 +44,7 @@ from .losses import (
     world_size,
 )
 from .masking import apply_token_mask, eligible_tokens, random_mask, synchronized_masks
-from .modeling_utils import extend_auto_map, init_embeddings, patchify
+from .modeling_utils import ImageTowerMixin, TextTowerMixin, extend_auto_map, init_embeddings, patchify
 from .momentum import FeatureQueue, ema_update, make_teacher
 
 # --------------------------------------------------------------------------------------------------- outputs
@@ -355,7 +355,7 @@ class SyncMaskModel(SyncMaskPreTrainedModel):
         return out
 
 
-class SyncMaskVisionModelWithProjection(SyncMaskPreTrainedModel):
+class SyncMaskVisionModelWithProjection(ImageTowerMixin, SyncMaskPreTrainedModel):
     """The image tower and its ITC projection alone (CLIPVisionModelWithProjection's role), for
     `pipeline("image-feature-extraction", model=...)`: `forward(pixel_values)` returns `get_image_features`
     (`pooler_output` = the ITC embedding, `last_hidden_state` = ViT's states). Loads from any SyncMask folder
@@ -372,15 +372,11 @@ class SyncMaskVisionModelWithProjection(SyncMaskPreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return _image_features(self, pixel_values)
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        return _image_features(self, pixel_values)
 
-
-class SyncMaskTextModelWithProjection(SyncMaskPreTrainedModel):
+class SyncMaskTextModelWithProjection(TextTowerMixin, SyncMaskPreTrainedModel):
     """The text-only layers and their ITC projection alone (CLIPTextModelWithProjection's role): `forward(input_ids,
     attention_mask)` returns `get_text_features`. Loads from any SyncMask folder; other weights are skipped."""
 
-    main_input_name = "input_ids"
     _keys_to_ignore_on_load_unexpected = [r"^(?!(syncmask\.)?text_(model|proj)\.)"]
 
     def __init__(self, config: SyncMaskConfig):
@@ -389,15 +385,7 @@ class SyncMaskTextModelWithProjection(SyncMaskPreTrainedModel):
         self.text_proj = nn.Linear(config.text_config.hidden_size, config.embed_dim)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.text_model.get_input_embeddings()
-
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        return _text_features(self, input_ids, attention_mask)
-
-    def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
         return _text_features(self, input_ids, attention_mask)

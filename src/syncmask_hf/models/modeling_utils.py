@@ -1,5 +1,6 @@
 """Helpers the model files share, each written once: the `auto_map` a saved folder carries, patch extraction,
-ViT / BERT embedding initialisation and the token roles of the processor's templated text.
+ViT / BERT embedding initialisation, the token roles of the processor's templated text, and what the one-tower
+classes (`*VisionModelWithProjection` / `*TextModelWithProjection`) have in common.
 
 Hub copies are flat: this file imports only torch and transformers.
 """
@@ -55,3 +56,25 @@ def init_embeddings(module, std: float) -> bool:
         init.zeros_(module.token_type_ids)
         return True
     return False
+
+
+class ImageTowerMixin:
+    """For a one-tower image class: `forward` is the model's `get_image_features` (what the image-feature-extraction
+    pipeline calls)."""
+
+    main_input_name = "pixel_values"
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs):
+        return self.get_image_features(pixel_values, **kwargs)
+
+
+class TextTowerMixin:
+    """For a one-tower text class holding `text_model`: `forward` is the model's `get_text_features`."""
+
+    main_input_name = "input_ids"
+
+    def get_input_embeddings(self):
+        return self.text_model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        return self.get_text_features(input_ids, attention_mask, **kwargs)
