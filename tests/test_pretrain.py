@@ -278,3 +278,14 @@ def test_time_budget_alone_stops_in_time_and_spans_a_resume(tmp_path):
     resumed = json.loads((out / "final" / "eval_results.json").read_text())["training"]
     assert 0.15 <= resumed["train_minutes"] < 0.3
     assert resumed["steps"] - int(last.name.split("_")[1]) < training["steps"]
+
+
+def test_tracker_config_leaves_tokens_out():
+    from types import SimpleNamespace
+
+    from syncmask_hf.training import tracker_config
+
+    args = SimpleNamespace(model="e2", learning_rate=1e-4, dataset=["hm:x"], hub_token="hf_secret", push_to_hub=True)
+    config = tracker_config(args)
+    assert config == {"model": "e2", "learning_rate": 1e-4, "dataset": "['hm:x']", "push_to_hub": True}
+    assert "hf_secret" not in str(config)

@@ -555,10 +555,18 @@ def make_accelerator(args, project: str, find_unused_parameters: bool = False):
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
     if report_to:
-        accelerator.init_trackers(
-            project, {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
-        )
+        accelerator.init_trackers(project, tracker_config(args))
     return accelerator, report_to
+
+
+def tracker_config(args) -> dict:
+    """The run's arguments as trackers record them: scalars kept, the rest as text, tokens left out (secrets never
+    reach logs)."""
+    return {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in vars(args).items()
+        if "token" not in k.lower()
+    }
 
 
 def random_batch_loader(dataset, collator, args, accelerator, epoch: int, batch_size: int | None = None):
