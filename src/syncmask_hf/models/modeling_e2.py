@@ -180,10 +180,15 @@ def regional_contrastive_loss(
 
 
 def _build_image_side(module: nn.Module, config: E2Config) -> None:
-    """The image tower's parts, under CLIPModel's names, on `module` (E2Model and E2VisionModelWithProjection)."""
-    width = config.vision_config.hidden_size
+    """The image tower's parts, under CLIPModel's names, on `module` (E2VisionModelWithProjection)."""
     module.vision_model = CLIPVisionModel._from_config(config.vision_config)
-    module.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
+    module.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+    _build_e2_parts(module, config)
+
+
+def _build_e2_parts(module: nn.Module, config: E2Config) -> None:
+    """What E2 adds to CLIP's image tower: selection tokens, fusion blocks, entity heads."""
+    width = config.vision_config.hidden_size
     n_tokens = config.num_selection_tokens
     module.selection_tokens = nn.Parameter(torch.zeros(n_tokens, width)) if n_tokens else None
     module.fusion_blocks = nn.ModuleList([E2FusionBlock(config) for _ in range(config.num_fusion_blocks)])
@@ -297,9 +302,14 @@ class E2Model(E2PreTrainedModel):
 
     def __init__(self, config: E2Config):
         super().__init__(config)
-        _build_text_side(self, config)
-        _build_image_side(self, config)
+        # CLIPModel's modules in CLIPModel's order, then E2's: the order in which post_init draws the random weights,
+        # so a seed gives the same model as before the one-tower classes existed.
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        _build_e2_parts(self, config)
         self.post_init()
 
     # ---------------------------------------------------------------------------------------------------- loading
