@@ -35,10 +35,9 @@ from syncmask_hf.tgir import (
     ComposedQueryModel,
     TripletCollator,
     TripletDataset,
-    colour_variant_set,
     evaluate_tgir,
-    fashioniq_set,
     load_tgir_model,
+    tgir_sets,
 )
 
 logger = get_logger(__name__)
@@ -72,31 +71,6 @@ def parse_args(argv=None):
     return args
 
 
-def build_sets(args):
-    """(train set, eval set) of triplets."""
-    if args.fashioniq:
-        train = fashioniq_set(args.fashioniq, args.fashioniq_images, args.fashioniq_categories, "train")
-        test = fashioniq_set(
-            args.fashioniq, args.fashioniq_images, args.fashioniq_categories, args.fashioniq_eval_split
-        )
-        return train, test
-    splits = training.load_catalog_splits(
-        args.dataset, args.test_products, args.val_products, args.seed, skip_bad=args.bad_items == "skip"
-    )
-    group_by = [c.strip() for c in args.variant_group_by.split(",") if c.strip()]
-    sets = [
-        colour_variant_set(splits[name], group_by, args.max_triplets_per_product, args.seed)
-        for name in ("train", "test")
-    ]
-    for name, s in zip(("train", "test"), sets):
-        if len(s) == 0:
-            raise SystemExit(
-                f"error: the {name} products have no colour variants (rows sharing {group_by} with different "
-                "colours); use a catalogue with them (H&M), another --variant_group_by, or --fashioniq"
-            )
-    return sets
-
-
 def main(argv=None):
     args = parse_args(argv)
     accelerator, _ = training.make_accelerator(args, "finetune_tgir", find_unused_parameters=True)
@@ -105,7 +79,22 @@ def main(argv=None):
 
     model, processor, head = load_tgir_model(args.model_path, args.head)
     with accelerator.main_process_first():
-        train_set, test_set = build_sets(args)
+        try:
+            train_set, test_set = tgir_sets(
+                dataset=args.dataset,
+                fashioniq=args.fashioniq,
+                fashioniq_images=args.fashioniq_images,
+                fashioniq_categories=args.fashioniq_categories,
+                fashioniq_eval_split=args.fashioniq_eval_split,
+                test_products=args.test_products,
+                val_products=args.val_products,
+                seed=args.seed,
+                group_by=[c.strip() for c in args.variant_group_by.split(",") if c.strip()],
+                max_triplets_per_product=args.max_triplets_per_product,
+                skip_bad=args.bad_items == "skip",
+            )
+        except ValueError as error:  # no colour variants: a usage error, said without a traceback
+            raise SystemExit(f"error: {error}") from None
     logger.info(
         f"TGIR ({head} head): {len(train_set)} training triplets, {len(test_set)} test queries over "
         f"{len(test_set.gallery)} images",

@@ -372,13 +372,11 @@ def test_bad_arguments_give_clear_errors(script, argv, message, capsys):
     assert message in str(exc.value.code) + capsys.readouterr().err
 
 
-def test_tgir_on_a_catalogue_without_colour_variants_says_so(assets):
-    module = load_script("finetune_tgir")
-    args = module.parse_args(
-        ["--model_path", str(assets["model"]), "--dataset", "synthetic:40", "--val_products", "0"]
-    )
-    with pytest.raises(SystemExit, match="no colour variants"):
-        module.build_sets(args)
+def test_tgir_on_a_catalogue_without_colour_variants_says_so():
+    from syncmask_hf.tgir import tgir_sets
+
+    with pytest.raises(ValueError, match="no colour variants"):
+        tgir_sets(dataset=["synthetic:40"], val_products=0.0)
 
 
 def test_train_captioner_on_an_e2_encoder(tmp_path, assets):

@@ -11,7 +11,6 @@ Typical use (text-only training, zero-shot captioning):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from .training import parameter_groups
+from .training import parameter_groups, run_training_loop
 
 __all__ = ["train_decap", "caption_images", "encode_texts", "encode_images"]
 
@@ -79,8 +78,8 @@ def train_decap(
 
     Loss: the model's next-token cross-entropy over the text tokens (padding ignored). AdamW with linear warmup and
     decay. Give `epochs` or `steps` (steps win when both are given). With an `accelerate.Accelerator`, the model,
-    optimiser and loader are prepared by it (multi-GPU, mixed precision); otherwise everything runs on the model's
-    device. When `set_memory`, the training text embeddings become the model's projection memory afterwards (DeCap's
+    optimiser and loader are prepared by it (multi-GPU, mixed precision); otherwise one is made for the model's
+    device (CPU, or the default accelerator). It runs `training.run_training_loop`, the package's one loop. When `set_memory`, the training text embeddings become the model's projection memory afterwards (DeCap's
     memory is the training text corpus). Returns the per-step losses.
     """
     if not (len(text_embeds) == len(input_ids) == len(attention_mask)):
@@ -92,57 +91,58 @@ def train_decap(
         raise ValueError("train_decap got no texts.")
     if epochs is None and steps is None:
         raise ValueError("Give train_decap `epochs` or `steps`.")
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
+    if accelerator is None:  # a plain call trains where the model is
+        accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
     generator = torch.Generator().manual_seed(seed)
     dataset = TensorDataset(text_embeds.float(), input_ids.long(), attention_mask.long())
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False)
-    steps_per_epoch = len(loader)
-    if accelerator is not None:
-        steps_per_epoch = math.ceil(steps_per_epoch / accelerator.num_processes)
-    total = steps if steps is not None else epochs * steps_per_epoch
-
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False, collate_fn=_decap_batch
+    )
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
     # An accelerate-prepared scheduler steps once per process per optimiser step: scale its horizon to match.
-    scale = accelerator.num_processes if accelerator is not None else 1
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps * scale, total * scale)
-    if accelerator is not None:
-        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        device, show = accelerator.device, progress and accelerator.is_local_main_process
-    else:
-        device, show = next(model.parameters()).device, progress
+    scale = accelerator.num_processes
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total = steps if steps is not None else epochs * len(loader)
+    scheduler = accelerator.prepare(get_linear_schedule_with_warmup(optimizer, warmup_steps * scale, total * scale))
 
-    model.train()
     losses: list[float] = []
-    bar = tqdm(total=total, desc="train decap", disable=not show)
-    while len(losses) < total:
-        for embeds, ids, mask in loader:
-            # Trim batch-wide padding columns: cheaper and identical loss.
-            width = int(mask.sum(1).max())
-            ids, mask = ids[:, :width].to(device), mask[:, :width].to(device)
-            out = model(input_ids=ids, attention_mask=mask, prefix_embeds=embeds.to(device), return_loss=True)
-            if accelerator is not None:
-                accelerator.backward(out.loss)
-                if max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-            else:
-                out.loss.backward()
-                if max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(out.loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if len(losses) >= total:
-                break
-    bar.close()
+
+    def compute_loss(model, batch):
+        out = model(**batch, return_loss=True)
+        losses.append(float(out.loss.detach()))
+        return out.loss, {}
+
+    # The package's one loop; the loader is made once, so its generator carries on from epoch to epoch.
+    args = SimpleNamespace(batch_size=batch_size, max_grad_norm=max_grad_norm, checkpoint_every=0)
+    run_training_loop(
+        accelerator,
+        args,
+        model,
+        optimizer,
+        scheduler,
+        lambda epoch: loader,
+        compute_loss,
+        total,
+        desc="train decap",
+        show_progress=progress,
+    )
     model.eval()
-    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    unwrapped = accelerator.unwrap_model(model)
     if set_memory:
         unwrapped.set_memory(text_embeds.to(next(unwrapped.parameters()).device))
     return losses
+
+
+def _decap_batch(rows) -> dict:
+    """Stack (embedding, ids, mask) rows, trimming batch-wide padding columns (cheaper, identical loss)."""
+    embeds, ids, mask = (torch.stack(column) for column in zip(*rows))
+    width = int(mask.sum(1).max())
+    return {"prefix_embeds": embeds, "input_ids": ids[:, :width], "attention_mask": mask[:, :width]}
 
 
 @torch.no_grad()

@@ -237,6 +237,40 @@ def fashioniq_set(root: str, image_dir: str, categories: Sequence[str], split: s
     )
 
 
+def tgir_sets(
+    *,
+    dataset: Sequence[str] | None = None,
+    fashioniq: str | None = None,
+    fashioniq_images: str | None = None,
+    fashioniq_categories: Sequence[str] = (),
+    fashioniq_eval_split: str = "val",
+    test_products: float = 0.15,
+    val_products: float = 0.1,
+    seed: int = 0,
+    group_by: str | Sequence[str] = "product_id",
+    max_triplets_per_product: int | None = None,
+    skip_bad: bool = True,
+) -> tuple[TGIRSet, TGIRSet]:
+    """(train set, test set) of triplets: FashionIQ's train split and ``fashioniq_eval_split`` when ``fashioniq``
+    is given, else the colour variants of the product-disjoint train / test splits of the ``dataset`` sources.
+    Raises ValueError when a split has no colour variants (nothing to learn or measure)."""
+    if fashioniq:
+        train = fashioniq_set(fashioniq, fashioniq_images, fashioniq_categories, "train", skip_bad)
+        return train, fashioniq_set(fashioniq, fashioniq_images, fashioniq_categories, fashioniq_eval_split, skip_bad)
+    from .training import load_catalog_splits
+
+    splits = load_catalog_splits(dataset, test_products, val_products, seed, skip_bad=skip_bad)
+    group_by = [group_by] if isinstance(group_by, str) else list(group_by)
+    sets = [colour_variant_set(splits[name], group_by, max_triplets_per_product, seed) for name in ("train", "test")]
+    for name, s in zip(("train", "test"), sets):
+        if len(s) == 0:
+            raise ValueError(
+                f"the {name} products have no colour variants (rows sharing {group_by} with different colours); "
+                "use a catalogue with them (H&M), another --variant_group_by, or --fashioniq"
+            )
+    return sets[0], sets[1]
+
+
 class TripletDataset(torch.utils.data.Dataset):
     """Training rows of a `TGIRSet`: {reference, text, target, target_key}."""
 

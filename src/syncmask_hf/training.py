@@ -302,15 +302,21 @@ def build_processor(model_name: str, config, text_name_or_path: str | None = Non
 # ----------------------------------------------------------------------------------------------------------------
 # Shared by pretrain.py, the fine-tuning scripts and evaluate.py
 # ----------------------------------------------------------------------------------------------------------------
-def save_random_model(model_name: str, folder: str | os.PathLike, preset: str | None = None, seed: int = 0) -> Path:
-    """Save a randomly initialised model of `model_name` (its tiny preset by default) with its processor, as
-    `pretrain.py` leaves a folder: for smoke tests, the demo and benchmarks that need a folder but no training."""
+def build_random_model(model_name: str, preset: str | None = None, seed: int = 0):
+    """A randomly initialised pretraining model of `model_name` (its tiny preset by default) at `seed`, in eval
+    mode: the same weights for the same seed, preset and code."""
     spec = get_spec(model_name)
     torch.manual_seed(seed)
     config = spec.config_class.from_json_file(str(resolve_config_path(model_name, preset or spec.tiny_preset)))
-    model = spec.pretraining_class(config).eval()
+    return spec.pretraining_class(config).eval()
+
+
+def save_random_model(model_name: str, folder: str | os.PathLike, preset: str | None = None, seed: int = 0) -> Path:
+    """Save `build_random_model` with its processor, as `pretrain.py` leaves a folder: for smoke tests, the demo
+    and benchmarks that need a folder but no training."""
+    model = build_random_model(model_name, preset, seed)
     model.save_pretrained(folder)
-    build_processor(model_name, config).save_pretrained(folder)
+    build_processor(model_name, model.config).save_pretrained(folder)
     return Path(folder)
 
 
@@ -658,6 +664,7 @@ def run_training_loop(
     progress: Progress | None = None,
     budget: TimeBudget | None = None,
     logger=None,
+    show_progress: bool = True,
 ) -> Progress:
     """The one Accelerate training loop, of `pretrain.py` and every fine-tuning script: resume
     (``args.resume_from_checkpoint``: 'latest' or a folder, also mid-epoch), gradient accumulation, clipping, tracker
@@ -669,7 +676,8 @@ def run_training_loop(
     ``compute_loss(model, batch)`` returns ``(loss, {name: float})``. Hooks take the `Progress`:
     ``after_step`` (one or a list) run after every optimizer step, in order (a momentum teacher's EMA, a stage
     switch, a periodic evaluation); ``after_epoch`` after every full epoch. ``progress``: where a resumed run stands
-    (default: `resume_progress`); ``budget``: a `TimeBudget` whose schedule follows the training time. Register
+    (default: `resume_progress`); ``budget``: a `TimeBudget` whose schedule follows the training time;
+    ``show_progress``: the tqdm bar (main process only). Register
     extra state with ``accelerator.register_for_checkpointing`` before calling. Returns the final `Progress`.
     """
     import math
@@ -686,7 +694,7 @@ def run_training_loop(
     bar = tqdm(
         total=None if math.isinf(total_steps) else total_steps,
         initial=progress.global_step,
-        disable=not accelerator.is_local_main_process,
+        disable=not (show_progress and accelerator.is_local_main_process),
         desc=desc,
     )
     started, seconds_before = time.monotonic(), progress.train_seconds
