@@ -94,50 +94,134 @@ class Progress:
     skipped_items: int = 0
     train_seconds: float = 0.0  # training time of every session so far (a time budget spans resumes)
     history: list = field(default_factory=list)
+    # checkpoint metadata: {file name: {"bytes": n, "sha256": hex}} of every file save_state wrote, checked on resume
+    files: dict = field(default_factory=dict)
 
     def save(self, folder: str | os.PathLike) -> None:
-        Path(folder, "progress.json").write_text(json.dumps(asdict(self), indent=1))
+        """Atomically (temp file, fsync, rename): a crash or a full disk never leaves a half-written progress.json."""
+        path = Path(folder, "progress.json")
+        tmp = path.with_name("progress.json.tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(asdict(self), indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Progress:
-        return cls(**json.loads(Path(folder, "progress.json").read_text()))
+        """Raises `CheckpointError` when progress.json is missing, empty or not this class' JSON."""
+        path = Path(folder, "progress.json")
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (OSError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err})") from None
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed as it was saved: its metadata is unreadable or a file changed on disk."""
 
 
 _CKPT = re.compile(r"^step_(\d+)$")
 
 
-def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under output_dir/checkpoints, oldest first (a checkpoint is complete once its
-    progress.json exists: it is written last, so a run killed while saving leaves no half checkpoint behind)."""
+def _step_dirs(output_dir: str | os.PathLike) -> list[Path]:
     root = Path(output_dir, "checkpoints")
     if not root.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT.match(p.name)) and (p / "progress.json").is_file()
-    ]
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in root.iterdir() if _CKPT.match(p.name)), key=_step)
+
+
+def checkpoint_complete(folder: str | os.PathLike) -> bool:
+    """A checkpoint is complete once its progress.json parses: it is written last, atomically."""
+    try:
+        Progress.load(folder)
+    except CheckpointError:
+        return False
+    return True
+
+
+def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under output_dir/checkpoints, oldest first (a run killed while saving, or a full disk,
+    leaves a folder without a readable progress.json: it is not a checkpoint)."""
+    return [p for p in _step_dirs(output_dir) if checkpoint_complete(p)]
 
 
 def find_checkpoint(output_dir: str | os.PathLike, resume_from: str) -> Path | None:
     """`latest` -> newest complete checkpoint (None when there is none yet, so `--resume_from_checkpoint latest`
-    is safe on a first run); anything else must be an existing checkpoint folder."""
+    is safe on a first run; newer incomplete folders are skipped with a warning); anything else must be a complete
+    checkpoint folder."""
     if resume_from == "latest":
         found = checkpoint_dirs(output_dir)
+        newer = [p for p in _step_dirs(output_dir) if not found or _step(p) > _step(found[-1])]
+        if newer:
+            logging.getLogger(__name__).warning(
+                "skipping incomplete checkpoint(s) %s (no readable progress.json: the run stopped while saving); "
+                "resuming from %s",
+                ", ".join(str(p) for p in newer),
+                found[-1] if found else "scratch",
+            )
         return found[-1] if found else None
     path = Path(resume_from)
-    if not (path / "progress.json").is_file():
+    if not checkpoint_complete(path):
         raise FileNotFoundError(
-            f"{path} is not a complete checkpoint (no progress.json); pass 'latest' or a step_N folder"
+            f"{path} is not a complete checkpoint (no readable progress.json); pass 'latest' or a step_N folder"
         )
     return path
 
 
+def _step(folder: Path) -> int:
+    return int(_CKPT.match(folder.name).group(1))
+
+
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; remove older ones and every incomplete folder."""
     import shutil
 
     found = checkpoint_dirs(output_dir)
-    for old in found[: max(0, len(found) - keep)]:
+    partial = [p for p in _step_dirs(output_dir) if p not in found]
+    for old in found[: max(0, len(found) - keep)] + partial:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def file_checksums(folder: str | os.PathLike) -> dict[str, dict]:
+    """{relative name: {"bytes", "sha256"}} of every file in a checkpoint folder but progress.json."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("progress.json"))
+    return {path.relative_to(folder).as_posix(): _file_checksum(path) for path in files}
+
+
+def verify_checkpoint(folder: str | os.PathLike, progress: Progress | None = None) -> None:
+    """Raise `CheckpointError` naming the first file whose bytes differ from the checksums recorded when the
+    checkpoint was saved (a disk or copy fault would otherwise resume silently with wrong weights or RNG states).
+    Checkpoints from before checksums were recorded are not verified (a warning says so)."""
+    folder = Path(folder)
+    progress = progress or Progress.load(folder)
+    if not progress.files:
+        logging.getLogger(__name__).warning("%s records no checksums (an older checkpoint): not verified", folder)
+        return
+    for name, expected in progress.files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {folder} is damaged: {name} is missing")
+        actual = _file_checksum(path)
+        if actual != expected:
+            how = "size" if actual["bytes"] != expected["bytes"] else "content"
+            raise CheckpointError(
+                f"checkpoint {folder} is damaged: {name} differs from what was saved ({how}: {actual['bytes']} "
+                f"bytes, expected {expected['bytes']}); resume from an earlier checkpoint "
+                "(--resume_from_checkpoint <its step_N folder>) or restore the file"
+            )
+
+
+def _file_checksum(path: Path) -> dict:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, num_processes: int = 1):
@@ -408,16 +492,55 @@ def report_to_backend(report_to: str | None) -> str | None:
 
 
 def save_checkpoint(accelerator, output_dir, progress: Progress, keep: int, collator=None) -> Path:
-    """`Accelerator.save_state` into ``output_dir/checkpoints/step_N``, then progress.json (written last: it marks
-    the checkpoint complete), then prune to the newest ``keep``."""
+    """`Accelerator.save_state` into ``output_dir/checkpoints/step_N``, then progress.json with the checksum of every
+    file (written last and atomically: it marks the checkpoint complete), then prune to the newest ``keep`` and
+    remove incomplete folders. A failed save (a full disk) removes its partial folder and raises an `OSError` that
+    names the path; earlier checkpoints are untouched."""
     folder = Path(output_dir, "checkpoints", f"step_{progress.global_step}")
-    accelerator.save_state(str(folder))
+    try:
+        accelerator.save_state(str(folder))
+        accelerator.wait_for_everyone()  # every rank's files (its RNG state) are on disk before the checksums
+        if accelerator.is_main_process:
+            progress.skipped_items = int(getattr(collator, "num_skipped", 0))
+            progress.files = file_checksums(folder)
+            progress.save(folder)
+    except (OSError, RuntimeError) as err:
+        if accelerator.is_main_process:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        raise _save_error(err, folder) from err
     if accelerator.is_main_process:
-        progress.skipped_items = int(getattr(collator, "num_skipped", 0))
-        progress.save(folder)
         prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
     return folder
+
+
+def _save_error(err: Exception, folder: Path) -> Exception:
+    """Say "no space left on <path>" for a full disk, whatever the writer's own words (torch.save's C++ stream
+    says only `basic_ios::clear`, safetensors an IoError)."""
+    import errno
+    import shutil
+
+    text = str(err)
+    try:
+        free = shutil.disk_usage(folder.parent if folder.parent.exists() else Path.cwd()).free
+    except OSError:
+        free = None
+    full = (
+        getattr(err, "errno", None) == errno.ENOSPC
+        or "No space left" in text
+        or "StorageFull" in text
+        or (free is not None and free < 1 << 20)
+    )
+    if full:
+        return OSError(
+            errno.ENOSPC,
+            f"no space left on {folder.parent} while saving checkpoint {folder.name} (the partial folder was "
+            "removed; earlier checkpoints are intact): free space, lower --keep_checkpoints or --checkpoint_every "
+            f"[{type(err).__name__}: {text.strip().splitlines()[0][:200] if text.strip() else ''}]",
+        )
+    return type(err)(f"saving checkpoint {folder} failed (the partial folder was removed): {text}")
 
 
 RECALL_COLUMNS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "sumR"]
@@ -607,16 +730,32 @@ def resume_progress(accelerator, args, logger=None) -> Progress:
         return progress
     ckpt = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if ckpt is not None:
+        progress = Progress.load(ckpt)
+        try:  # a damaged file fails here, named, before anything is loaded
+            verify_checkpoint(ckpt, progress)
+        except CheckpointError as err:
+            earlier = (
+                [p for p in checkpoint_dirs(args.output_dir) if _step(p) < _step(ckpt)]
+                if _CKPT.match(ckpt.name)
+                else []
+            )
+            hint = f" (the newest earlier one: {earlier[-1]})" if earlier else " (there is no earlier one)"
+            raise CheckpointError(f"{err}{hint}") from None
         try:
             accelerator.load_state(str(ckpt))
-        except (RuntimeError, KeyError) as err:
-            first = str(err).strip().splitlines()[0][:300]
-            raise RuntimeError(
-                f"checkpoint {ckpt} does not fit this run's model ({first} ...): it was written with other "
-                "options (another model, --objective or head). Resume with the same options, or use a new "
-                "--output_dir."
-            ) from None
-        progress = Progress.load(ckpt)
+        except Exception as err:  # noqa: BLE001  (safetensors, pickle, zip: every reader has its own error)
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            if _is_shape_mismatch(err):
+                raise RuntimeError(
+                    f"checkpoint {ckpt} does not fit this run's model ({first} ...): it was written with other "
+                    "options (another model, --objective or head). Resume with the same options, or use a new "
+                    "--output_dir."
+                ) from None
+            raise CheckpointError(
+                f"checkpoint {ckpt} could not be loaded ({type(err).__name__}: {first}); a file in it is damaged "
+                "or was written by another version: resume from an earlier checkpoint "
+                "(--resume_from_checkpoint <its step_N folder>)"
+            ) from err
         message = (
             f"resumed from {ckpt}: step {progress.global_step}, epoch {progress.epoch}, "
             f"batch {progress.batches_in_epoch}"
@@ -628,6 +767,14 @@ def resume_progress(accelerator, args, logger=None) -> Progress:
     elif accelerator.is_main_process:
         print(message)
     return progress
+
+
+def _is_shape_mismatch(err: Exception) -> bool:
+    """A state dict of another model (missing / unexpected keys, other shapes), not a damaged file."""
+    text = str(err)
+    return isinstance(err, KeyError) or any(
+        words in text for words in ("size mismatch", "Missing key", "Unexpected key", "lacks training buffers")
+    )
 
 
 def main_process_seconds(accelerator, seconds: float) -> float:
