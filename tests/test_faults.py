@@ -137,6 +137,146 @@ def _another_models_checkpoint(tmp_path, row):
         _Run(tmp_path / "out", width=32).resume()
 
 
+# --------------------------------------------------------------------------------- the catalogue index (3, 4, 5)
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tests.helpers import save_tiny_model
+
+    return save_tiny_model("syncmask", tmp_path_factory.mktemp("model") / "syncmask")
+
+
+def _folder_catalog(root: Path, n: int = 6, shade: int = 0) -> Path:
+    import json
+
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        colour = ((40 * i + shade) % 256, (90 + 30 * i) % 256, (200 - 20 * i + shade) % 256)
+        Image.new("RGB", (40, 56), colour).save(root / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": f"plain dress number {i}", "product_id": f"p{i}"})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _truncated_catalogue_image(tmp_path, row, model_dir):
+    from syncmask_hf.search import CatalogSearch
+
+    catalog = _folder_catalog(tmp_path / "catalog")
+    bad = catalog / "2.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    with _warnings() as records:
+        engine = CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
+    assert [(r, item) for r, item, _ in engine.skipped] == [(2, "2.png")]
+    assert row.expected in engine.skipped[0][2]
+    assert any("1 of 6 catalogue images" in r.getMessage() for r in records)
+    assert len(engine.image_index) == 5 and 2 not in {h.index for h in engine.search_text("dress", k=10)}
+    assert len(engine.text_index) == 6  # its text stays searchable
+
+
+def _missing_catalogue_image(tmp_path, row, model_dir):
+    from syncmask_hf.search import CatalogSearch
+
+    catalog = _folder_catalog(tmp_path / "catalog")
+    (catalog / "4.png").unlink()
+    engine = CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
+    assert engine.load_report.num_skipped == 1 and row.expected in engine.load_report.skipped[0][1]
+    assert len(engine.image_index) == 5
+
+
+class _Killed(Exception):
+    pass
+
+
+def _indexing_interrupted(tmp_path, row, model_dir, monkeypatch):
+    from syncmask_hf import search
+
+    catalog = _folder_catalog(tmp_path / "catalog")
+    monkeypatch.setattr(search, "INDEX_CHUNK", 2)
+    embed_rows, calls = search.CatalogSearch._embed_rows, []
+
+    def failing(self, start, end):
+        calls.append(start)
+        if len(calls) == 3:
+            raise _Killed  # stopped while embedding the third chunk
+        return embed_rows(self, start, end)
+
+    monkeypatch.setattr(search.CatalogSearch, "_embed_rows", failing)
+    with pytest.raises(_Killed):
+        search.CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
+    calls.clear()
+    resumed = search.CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
+    assert calls == [4]  # only the chunk that was lost is embedded again
+    monkeypatch.undo()
+    fresh = search.CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "fresh")
+    assert torch.allclose(resumed.image_embeds, fresh.image_embeds, atol=1e-6)
+    assert not list((tmp_path / "cache").glob("*-partial"))  # cleaned once complete
+
+
+def _every_image_replaced(tmp_path, row, model_dir):
+    import os
+
+    from syncmask_hf.search import CatalogSearch
+
+    catalog = _folder_catalog(tmp_path / "catalog")
+    before = CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
+    _folder_catalog(catalog, shade=128)  # the same file names and texts, new photos
+    for f in catalog.glob("*.png"):  # even with the old modification times, the sizes or bytes differ
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1))
+    after = CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
+    fresh = CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "fresh")
+    assert torch.allclose(after.image_embeds, fresh.image_embeds, atol=1e-6)
+    assert not torch.allclose(after.image_embeds, before.image_embeds, atol=1e-3)
+    assert after.image_dir != before.image_dir  # the thumbnails are new too
+
+
+def _truncated_cache_file(tmp_path, row, model_dir):
+    from syncmask_hf.search import CatalogSearch
+
+    catalog = _folder_catalog(tmp_path / "catalog")
+    first = CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])
+    with _warnings() as records:
+        again = CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
+    assert any(row.expected in r.getMessage() for r in records)
+    assert torch.allclose(again.image_embeds, first.image_embeds, atol=1e-6)
+    import numpy as np
+
+    np.savez(cache, image=np.zeros((2, 3), np.float32))  # another format: rebuilt too
+    assert torch.allclose(
+        CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache").image_embeds,
+        first.image_embeds,
+        atol=1e-6,
+    )
+
+
+def _uploads_decoded_as_in_training(tmp_path, row):
+    import numpy as np
+    from PIL import Image
+
+    from syncmask_hf.models.image_loading import load_image
+    from syncmask_hf.search import open_image
+
+    portrait = Image.new("RGB", (60, 40), (200, 30, 30))
+    exif = portrait.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown 40 wide, 60 tall
+    portrait.save(tmp_path / "portrait.jpg", exif=exif)
+    assert open_image(str(tmp_path / "portrait.jpg")).size == (40, 60)  # row.expected: stays portrait
+    grey16 = Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16))
+    grey16.save(tmp_path / "grey16.png")
+    floats = Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), mode="F")
+    clear = Image.new("L", (8, 8), 0)
+    clear.info["transparency"] = 0
+    clear.save(tmp_path / "clear.png")
+    for image in (str(tmp_path / "portrait.jpg"), str(tmp_path / "grey16.png"), floats, str(tmp_path / "clear.png")):
+        assert np.array_equal(np.asarray(open_image(image)), np.asarray(load_image(image)))
+    assert 120 <= np.asarray(open_image(str(tmp_path / "grey16.png"))).mean() <= 135  # not saturated to white
+    assert 120 <= np.asarray(open_image(floats)).mean() <= 135  # not black
+    assert np.asarray(open_image(str(tmp_path / "clear.png"))).min() == 255  # transparent = white, not black
+
+
 class _warnings:
     """Collect the package's log records (caplog misses loggers configured by other tests)."""
 
@@ -192,6 +332,38 @@ ROWS = [
         "an intact checkpoint of another model (other options)",
         "written with other options",
         _another_models_checkpoint,
+    ),
+    Row(
+        "3a",
+        "CatalogSearch / the demo's index",
+        "one truncated image in the catalogue",
+        "cannot decode the image",
+        _truncated_catalogue_image,
+    ),
+    Row(
+        "3b", "CatalogSearch / the demo's start-up", "a missing image file", "does not exist", _missing_catalogue_image
+    ),
+    Row(
+        "3c",
+        "CatalogSearch / the demo's index",
+        "indexing killed part-way",
+        "the chunks already embedded are kept",
+        _indexing_interrupted,
+    ),
+    Row(
+        "4a",
+        "CatalogSearch cache",
+        "every image replaced, texts unchanged",
+        "re-embedded (the key hashes the images)",
+        _every_image_replaced,
+    ),
+    Row("4b", "CatalogSearch cache", "a truncated cache file", "unreadable cache file", _truncated_cache_file),
+    Row(
+        "5",
+        "the demo's uploads",
+        "EXIF portrait, 16-bit, mode F, L with transparency",
+        "decoded as in training",
+        _uploads_decoded_as_in_training,
     ),
 ]
 

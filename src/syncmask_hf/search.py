@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # Uploads larger than this (in pixels) are refused before decoding: a decompression bomb must not take the server.
 MAX_UPLOAD_PIXELS = 40_000_000
+# Rows embedded between two writes of the partial cache (what an interrupted indexing run can lose at most).
+INDEX_CHUNK = 1024
 ATTRIBUTES = ("category", "subcategory", "color", "season", "brand", "gender")
 
 
@@ -34,45 +36,83 @@ class BadImageError(ValueError):
 
 
 def open_image(source, name: str = "the upload") -> Image.Image:
-    """Decode an upload (path, bytes, file object, numpy array or PIL image) to RGB, with a clear error otherwise."""
+    """Decode an upload (path, bytes, file object, numpy array or PIL image) to RGB with the package's one image
+    loader (`load_image`: EXIF orientation, 16-bit and float images, transparency on white, as in training), after
+    refusing empty files and images over `MAX_UPLOAD_PIXELS` before decoding. Raises `BadImageError` saying what
+    to do."""
+    from .models.image_loading import FashionInputError, load_image
+
     if source is None:
         raise BadImageError(f"No image given for {name}: upload a JPEG or PNG photo.")
-    if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, np.ndarray):
-        image = Image.fromarray(source)
-    else:
-        try:
-            if isinstance(source, (str, os.PathLike)):
-                if os.path.getsize(source) == 0:
-                    raise BadImageError(f"{name} is an empty file: upload a JPEG or PNG photo.")
-                fh = open(source, "rb")
-            else:
-                data = source if isinstance(source, bytes) else source.read()
-                if not data:
-                    raise BadImageError(f"{name} is empty: upload a JPEG or PNG photo.")
-                fh = io.BytesIO(data)
-            with fh:
-                image = Image.open(fh)
-                if image.width * image.height > MAX_UPLOAD_PIXELS:
-                    raise BadImageError(
-                        f"{name} is {image.width}x{image.height} pixels, more than the {MAX_UPLOAD_PIXELS:,} this demo "
-                        "accepts: resize it to a few megapixels and try again."
-                    )
-                image.load()
+    if hasattr(source, "read"):
+        source = source.read()
+    if isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        empty = os.path.getsize(source) == 0 if isinstance(source, (str, os.PathLike)) else not source
+        if empty:
+            raise BadImageError(f"{name} is an empty file: upload a JPEG or PNG photo.")
+        try:  # the header alone: a decompression bomb is refused before its pixels are decoded
+            with Image.open(source if isinstance(source, (str, os.PathLike)) else io.BytesIO(source)) as header:
+                _check_pixels(header.size, name)
         except BadImageError:
             raise
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
             raise BadImageError(
                 f"{name} is not an image this demo can read ({err}): upload a JPEG or PNG photo."
             ) from None
-    if image.width * image.height > MAX_UPLOAD_PIXELS:
-        raise BadImageError(f"{name} is too large ({image.width}x{image.height}); resize it to a few megapixels.")
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    try:
+        image = load_image(source)
+    except FashionInputError as err:
+        reason = err.__cause__ or err
+        raise BadImageError(
+            f"{name} is not an image this demo can read ({reason}): upload a JPEG or PNG photo."
+        ) from None
+    _check_pixels(image.size, name)
+    return image
+
+
+def _check_pixels(size: tuple[int, int], name: str) -> None:
+    if size[0] * size[1] > MAX_UPLOAD_PIXELS:
+        raise BadImageError(
+            f"{name} is {size[0]}x{size[1]} pixels, more than the {MAX_UPLOAD_PIXELS:,} this demo accepts: resize it "
+            "to a few megapixels and try again."
+        )
+
+
+_CACHE_KEYS = ("image", "image_rows", "text", "skipped_rows", "skipped_items", "skipped_reasons")
+
+
+def _load_part(path: Path) -> dict[str, np.ndarray] | None:
+    """A cached .npz with every expected array, or None (missing, truncated or of another format: rebuild it)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            part = {name: data[name] for name in _CACHE_KEYS}
+    except Exception as err:  # noqa: BLE001  (zip, zlib, format and key errors: all mean "rebuild")
+        logger.warning("ignoring unreadable cache file %s (%s: %s); rebuilding it", path, type(err).__name__, err)
+        return None
+    return part
+
+
+def _load_cache(path: Path, num_rows: int) -> dict[str, np.ndarray] | None:
+    data = _load_part(path)
+    if data is None:
+        return None
+    image, rows, text = data["image"], data["image_rows"], data["text"]
+    fits = (
+        image.ndim == 2
+        and text.ndim == 2
+        and len(text) == num_rows
+        and len(image) == len(rows)
+        and image.shape[1] == text.shape[1]
+        and len(rows) + len(data["skipped_rows"]) == num_rows
+    )
+    if not fits:
+        logger.warning(
+            "ignoring cache file %s: its shapes do not fit this catalogue of %d rows; rebuilding", path, num_rows
+        )
+        return None
+    return data
 
 
 @dataclass
@@ -101,12 +141,48 @@ def _fingerprint(model_path: str, catalog_key: str, revision: str | None = None)
     return h.hexdigest()[:16]
 
 
-def _catalog_digest(texts: list[str], product_ids: list[str]) -> str:
-    """Digest of what the gallery shows (texts and products, in order): an edited catalogue is re-indexed."""
+def _catalog_digest(texts: list[str], product_ids: list[str], images) -> str:
+    """Digest of what the gallery shows (texts, products and images, in order): an edited catalogue, or one whose
+    photos were replaced, is re-indexed. Images are hashed by their encoded bytes, or for files by path, size and
+    modification time (no decoding)."""
     h = hashlib.sha256()
     for text, product in zip(texts, product_ids):
         h.update(f"{product}\x1f{text}\x1e".encode())
+    for image in images:
+        h.update(_image_token(image))
     return h.hexdigest()[:16]
+
+
+def _image_token(image) -> bytes:
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (bytes, bytearray)):
+        return hashlib.sha256(image).digest()
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            st = os.stat(image)
+            return f"{image}:{st.st_size}:{st.st_mtime_ns}".encode()
+        except OSError:
+            return f"{image}:missing".encode()
+    if isinstance(image, Image.Image):
+        return hashlib.sha256(image.tobytes()).digest() + repr((image.mode, image.size)).encode()
+    return repr(image).encode()
+
+
+def _undecoded(catalog):
+    """The catalogue with its `datasets.Image` column left encoded ({"bytes", "path"} dicts): fingerprinting needs no
+    decoding, and one missing or corrupt file fails only its own row, when that row is read."""
+    import datasets
+
+    feature = catalog.features.get("image") if hasattr(catalog, "features") else None
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return catalog.cast_column("image", datasets.Image(decode=False))
+    return catalog
+
+
+def _images_in_batches(catalog, size: int = 1024):
+    for start in range(0, len(catalog), size):
+        yield from catalog[start : start + size]["image"]
 
 
 class CatalogSearch:
@@ -117,6 +193,10 @@ class CatalogSearch:
         catalog: a `datasets.Dataset` in the catalogue schema, or a data-layer source string (`"synthetic:2000"`, `"hm:PATH"`).
         cache_dir: where the gallery embeddings are cached (default `~/.cache/syncmask_hf/search`).
         captioner: an optional captioning model folder (the package's DeCap-style captioner).
+
+    An imperfect catalogue is indexed anyway: rows the loader cannot use (`load_report`, for a source string) and
+    images that do not decode (`skipped`: (row, item_id, reason)) are skipped, counted and logged; their texts stay
+    searchable. Embeddings are cached chunk by chunk, so an interrupted indexing run resumes where it stopped.
     """
 
     def __init__(self, model, catalog, *, cache_dir=None, captioner=None, device="cpu", batch_size=64, max_items=None):
@@ -126,10 +206,13 @@ class CatalogSearch:
         self.model_path = str(model)
         self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True).to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(self.model_path, trust_remote_code=True)
+        self.load_report = None
         if isinstance(catalog, str):
             from .data import load_catalog
 
-            catalog_key, catalog = catalog, load_catalog(catalog)
+            # a missing image file or an unreadable row is skipped and counted, never a failed start-up
+            catalog_key = catalog
+            catalog, self.load_report = load_catalog(catalog, skip_bad=True, return_report=True)
         else:
             catalog_key = getattr(catalog, "_fingerprint", None) or str(len(catalog))
         if max_items is not None:
@@ -140,7 +223,11 @@ class CatalogSearch:
         self.product_ids = list(catalog["product_id"])
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "syncmask_hf" / "search")
         self.batch_size = batch_size
-        self._build_index(f"{catalog_key}#{len(catalog)}:{_catalog_digest(self.texts, self.product_ids)}")
+        if len(catalog) == 0:
+            raise ValueError("the catalogue is empty: nothing to search")
+        self._encoded = _undecoded(catalog)
+        digest = _catalog_digest(self.texts, self.product_ids, _images_in_batches(self._encoded))
+        self._build_index(f"{catalog_key}#{len(catalog)}:{digest}")
         self.captioner = None
         if captioner:
             self.captioner = AutoModel.from_pretrained(str(captioner), trust_remote_code=True).to(self.device).eval()
@@ -162,41 +249,98 @@ class CatalogSearch:
         return F.normalize(feats.pooler_output.float(), dim=-1).cpu()
 
     def _build_index(self, catalog_key: str) -> None:
-        from tqdm.auto import tqdm
-
+        """Embed the catalogue (or load its cached embeddings) and build the FAISS indexes. Unreadable images are
+        skipped and counted (`self.skipped`: (row, item_id, reason)); their texts stay searchable. Embeddings are
+        written chunk by chunk, so a killed or failed indexing run resumes where it stopped."""
         from .evaluation import EmbeddingIndex
 
         key = _fingerprint(self.model_path, catalog_key, getattr(self.model.config, "_commit_hash", None))
         self.image_dir = self.cache_dir / f"{key}-images"
         cache = self.cache_dir / f"{key}.npz"
-        if cache.is_file():
-            data = np.load(cache)
-            image_embeds, text_embeds = data["image"], data["text"]
-            logger.info("loaded cached gallery embeddings from %s", cache)
-        else:
-            image_chunks, text_chunks = [], []
-            n = len(self.catalog)
-            for start in tqdm(range(0, n, self.batch_size), desc="indexing catalogue"):
-                rows = self.catalog[start : start + self.batch_size]
-                image_chunks.append(
-                    self.encode_images([open_image(im, f"item {start + i}") for i, im in enumerate(rows["image"])])
-                )
-                text_chunks.append(self.encode_texts(rows["text"]))
-            image_embeds = torch.cat(image_chunks).numpy()
-            text_embeds = torch.cat(text_chunks).numpy()
+        data = _load_cache(cache, len(self.catalog))
+        if data is None:
+            data = self._embed_catalog(self.cache_dir / f"{key}-partial")
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, image=image_embeds, text=text_embeds)
+            np.savez(tmp, **data)
             os.replace(tmp, cache)  # atomic: a killed indexing run never leaves a truncated cache
             (self.cache_dir / f"{key}.json").write_text(json.dumps({"model": self.model_path, "catalog": catalog_key}))
-        self.image_embeds = torch.from_numpy(image_embeds)
-        self.text_embeds = torch.from_numpy(text_embeds)
-        self.image_index = EmbeddingIndex.from_embeddings(image_embeds, index_type="auto")
-        self.text_index = EmbeddingIndex.from_embeddings(text_embeds, index_type="auto")
+            import shutil
+
+            shutil.rmtree(self.cache_dir / f"{key}-partial", ignore_errors=True)
+        else:
+            logger.info("loaded cached gallery embeddings from %s", cache)
+        self.skipped = [
+            (int(i), str(item), str(reason))
+            for i, item, reason in zip(data["skipped_rows"], data["skipped_items"], data["skipped_reasons"])
+        ]
+        first = "; ".join(reason for _, _, reason in self.skipped[:3])
+        if self.skipped:
+            logger.warning(
+                "%d of %d catalogue images could not be read and are left out of image search (first: %s)",
+                len(self.skipped),
+                len(self.catalog),
+                first,
+            )
+        if len(data["image_rows"]) == 0:
+            raise ValueError(f"none of the {len(self.catalog)} catalogue images could be read: {first}")
+        self.image_rows = data["image_rows"]
+        self.image_embeds = torch.from_numpy(data["image"])
+        self.text_embeds = torch.from_numpy(data["text"])
+        self.image_index = EmbeddingIndex.from_embeddings(data["image"], ids=data["image_rows"], index_type="auto")
+        self.text_index = EmbeddingIndex.from_embeddings(data["text"], index_type="auto")
+
+    def _embed_catalog(self, partial: Path) -> dict[str, np.ndarray]:
+        from tqdm.auto import tqdm
+
+        parts, n, chunk = [], len(self.catalog), INDEX_CHUNK
+        bar = tqdm(total=n, desc="indexing catalogue")
+        for start in range(0, n, chunk):
+            path = partial / f"{start:010d}.npz"
+            part = _load_part(path)
+            if part is None:
+                part = self._embed_rows(start, min(start + chunk, n))
+                partial.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp.npz")
+                np.savez(tmp, **part)
+                os.replace(tmp, path)
+            parts.append(part)
+            bar.update(min(chunk, n - start))
+        bar.close()
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _embed_rows(self, start: int, end: int) -> dict[str, np.ndarray]:
+        from .models.image_loading import FashionInputError, load_image
+
+        rows = self._encoded[start:end]
+        item_ids = rows.get("item_id") or [""] * (end - start)
+        images, kept, skipped = [], [], []
+        for offset, (image, item_id) in enumerate(zip(rows["image"], item_ids)):
+            try:
+                images.append(load_image(image, item_id=item_id))
+                kept.append(start + offset)
+            except FashionInputError as err:
+                skipped.append((start + offset, str(item_id), f"catalogue row {start + offset}: {err}"))
+        image_chunks = [
+            self.encode_images(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)
+        ]
+        texts = rows["text"]
+        text_chunks = [
+            self.encode_texts(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)
+        ]
+        dim = text_chunks[0].shape[1]
+        return {
+            "image": torch.cat(image_chunks).numpy() if image_chunks else np.zeros((0, dim), np.float32),
+            "image_rows": np.asarray(kept, dtype=np.int64),
+            "text": torch.cat(text_chunks).numpy(),
+            "skipped_rows": np.asarray([r for r, _, _ in skipped], dtype=np.int64),
+            "skipped_items": np.asarray([i for _, i, _ in skipped], dtype=str),
+            "skipped_reasons": np.asarray([m for _, _, m in skipped], dtype=str),
+        }
 
     # -- queries -------------------------------------------------------------------------------------------
     def _hits(self, index, query: torch.Tensor, k: int) -> list[Hit]:
-        scores, ids = index.search(query.numpy().reshape(1, -1), min(k, len(self.texts)))
+        scores, ids = index.search(query.numpy().reshape(1, -1), min(k, len(index)))
         return [
             Hit(int(i), float(s), self.texts[int(i)], self.product_ids[int(i)])
             for s, i in zip(scores[0], ids[0])
