@@ -277,6 +277,75 @@ def _uploads_decoded_as_in_training(tmp_path, row):
     assert np.asarray(open_image(str(tmp_path / "clear.png"))).min() == 255  # transparent = white, not black
 
 
+# ------------------------------------------------------------------------------------- data and evaluation (6-8)
+def _catalogue_csv_not_utf8(tmp_path, row):
+    from syncmask_hf.data import load_catalog
+
+    catalog = _folder_catalog(tmp_path / "catalog", n=4)
+    lines = ["file_name,text,product_id"] + [f"{i}.png,plain dress number {i},p{i}" for i in range(4)]
+    (catalog / "metadata.jsonl").unlink()
+    data = ("\n".join(lines) + "\n").encode()
+    data = data.replace(b"dress number 2", b"dress caf\xe9 2")  # one latin-1 byte
+    (catalog / "metadata.csv").write_bytes(b"\xef\xbb\xbf" + data)  # and a BOM, as spreadsheets write
+    ds, report = load_catalog(f"folder:{catalog}", skip_bad=True, return_report=True)
+    assert len(ds) == 3 and report.counts["bad_encoding"] == 1
+    ((item, reason),) = report.skipped
+    assert item.endswith("metadata.csv line 4") and row.expected in reason
+    from syncmask_hf.data import BadItemError
+
+    with pytest.raises(BadItemError, match="metadata.csv line 4"):
+        load_catalog(f"folder:{catalog}")
+
+
+def _hm_csv_with_bom_and_a_bad_byte(tmp_path, row):
+    from PIL import Image
+
+    from syncmask_hf.data import load_catalog
+
+    root = tmp_path / "hm"
+    header = "article_id,product_code,prod_name,detail_desc"
+    lines = [header]
+    for i in range(3):
+        aid = f"0{108775015 + i}"
+        (root / "images" / aid[:3]).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / "images" / aid[:3] / f"{aid}.jpg")
+        lines.append(f"{aid},0108775,Strap top {i},Jersey top")
+    data = ("\n".join(lines) + "\n").encode().replace(b"Strap top 1", b"Strap top \xff1")
+    (root / "articles.csv").write_bytes(b"\xef\xbb\xbf" + data)
+    ds, report = load_catalog(f"hm:{root}", skip_bad=True, return_report=True)
+    assert len(ds) == 2 and report.skipped[0][0].endswith("articles.csv line 3")
+    assert row.expected in report.skipped[0][1]
+
+
+def _small_held_out_split_with_skips(tmp_path, row, caplog):
+    import datasets
+
+    from syncmask_hf.data import load_catalog
+    from syncmask_hf.data.collator import FashionCollator
+    from syncmask_hf.training import build_processor, build_random_model, evaluate_retrieval
+
+    source = load_catalog("synthetic:40").cast_column("image", datasets.Image(decode=False))
+    rows, products = [], set()
+    for rec in source:  # one row per product: 9 products
+        if rec["product_id"] not in products and len(products) < 9:
+            products.add(rec["product_id"])
+            rows.append(rec)
+    rows[7]["image"] = rows[8]["image"] = {"bytes": b"not an image", "path": None}  # two products lose their pair
+    rows.append({**rows[0], "text": " "})  # an empty text
+    rows.append(dict(rows[1]))  # a repeated item id
+    held = datasets.Dataset.from_list(rows, features=source.features)
+    model = build_random_model("syncmask")
+    collator = FashionCollator(build_processor("syncmask", model.config), "syncmask", skip_bad=True)
+    results = evaluate_retrieval(model, held, collator, "cpu", show_progress=False)
+    assert results["sample100"]["num_negatives"] == 6  # 7 products embedded, not the 9 of the split
+    assert results["items"] == {
+        "pairs": 7,
+        "skipped_images": 2,
+        "excluded": {"empty_text": 1, "duplicate_item_id": 1},
+    }
+    assert row.expected in caplog.text
+
+
 class _warnings:
     """Collect the package's log records (caplog misses loggers configured by other tests)."""
 
@@ -364,6 +433,27 @@ ROWS = [
         "EXIF portrait, 16-bit, mode F, L with transparency",
         "decoded as in training",
         _uploads_decoded_as_in_training,
+    ),
+    Row(
+        "7a",
+        "load_catalog('folder:...')",
+        "metadata.csv with a UTF-8 BOM and one latin-1 byte",
+        "not UTF-8 (byte 0xe9",
+        _catalogue_csv_not_utf8,
+    ),
+    Row(
+        "7b",
+        "load_catalog('hm:...')",
+        "articles.csv with a BOM and one bad byte",
+        "re-save the file as UTF-8",
+        _hm_csv_with_bom_and_a_bad_byte,
+    ),
+    Row(
+        "8",
+        "the final evaluation (evaluate_retrieval)",
+        "a small held-out split whose images the collator skips; an empty text; a repeated item id",
+        "evaluation leaves out 2 of 11 held-out rows",
+        _small_held_out_split_with_skips,
     ),
 ]
 

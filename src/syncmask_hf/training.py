@@ -551,35 +551,61 @@ def evaluate_retrieval(
 ) -> dict:
     """Full-gallery and sample-100 retrieval recall on held-out products (negatives of sample-100 from the same
     sub-category). A small held-out set that has fewer than 101 products gets as many negatives as it can offer,
-    and the result says so (`num_negatives`). ``protocol_kw``: ``full_kwargs`` / ``sample100_kwargs`` extras (e.g.
-    re-ranking callbacks) merged into the defaults."""
+    and the result says so (`num_negatives`). Counted, never silent: rows with an empty text and repeated item ids
+    are left out (``excluded``), rows whose image the collator skipped are missing from the embeddings
+    (``skipped_images``); the gallery size and negatives are those of the pairs actually embedded.
+    ``protocol_kw``: ``full_kwargs`` / ``sample100_kwargs`` extras (e.g. re-ranking callbacks) merged into the
+    defaults, or precomputed ``embeddings``."""
     from .evaluation import RetrievalEvaluator
 
-    num_products = len(set(dataset["product_id"]))
-    num_negatives = min(100, num_products - 1)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collator, num_workers=num_workers)
+    log = logging.getLogger(__name__)
     evaluator = RetrievalEvaluator(model, device=device, show_progress=show_progress)
-    s100 = {"num_negatives": num_negatives, "num_queries": min(1000, len(dataset)), "seed": seed}
-    s100.update(protocol_kw.pop("sample100_kwargs", None) or {})
     embeddings = protocol_kw.pop("embeddings", None)
+    excluded = {"empty_text": 0, "duplicate_item_id": 0}
+    if embeddings is None:
+        keep, seen = [], set()
+        for i, (text, item_id) in enumerate(zip(dataset["text"], dataset["item_id"])):
+            if not (text or "").strip():
+                excluded["empty_text"] += 1
+            elif item_id in seen:
+                excluded["duplicate_item_id"] += 1
+            else:
+                seen.add(item_id)
+                keep.append(i)
+        if len(keep) < len(dataset):
+            log.warning(
+                "evaluation leaves out %d of %d held-out rows (%s)",
+                len(dataset) - len(keep),
+                len(dataset),
+                ", ".join(f"{k}: {v}" for k, v in excluded.items() if v),
+            )
+            dataset = dataset.select(keep)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collator, num_workers=num_workers)
+        embeddings = evaluator.extract([b for b in loader if b is not None])
+    skipped_images = max(0, len(dataset) - len(embeddings))
+    num_products = len(set(embeddings.product_ids.tolist()))
+    if num_products < 2:
+        raise ValueError(
+            f"retrieval needs held-out pairs of at least 2 products; {num_products} remain of {len(dataset)} rows "
+            f"({skipped_images} skipped images): hold out more products (--test_products) or fix the bad items"
+        )
+    num_negatives = min(100, num_products - 1)
+    s100 = {"num_negatives": num_negatives, "num_queries": min(1000, len(embeddings)), "seed": seed}
+    s100.update(protocol_kw.pop("sample100_kwargs", None) or {})
     if "ks" not in protocol_kw and num_products < 10:
         # Every product has at least one text and one image: R@k with k >= the gallery would be trivially 100%.
         protocol_kw["ks"] = tuple(k for k in (1, 5, 10) if k <= num_products) or (1,)
-        logging.getLogger(__name__).warning(
+        log.warning(
             f"only {num_products} held-out products: reporting R@{list(protocol_kw['ks'])} (sumR over those); "
             "hold out more products (--test_products) for the usual R@1/5/10"
         )
-    results = evaluator.evaluate(
-        None if embeddings is not None else [b for b in loader if b is not None],
-        embeddings=embeddings,
-        sample100_kwargs=s100,
-        **protocol_kw,
-    )
+    results = evaluator.evaluate(embeddings=embeddings, sample100_kwargs=s100, **protocol_kw)
     results["sample100"]["num_negatives"] = num_negatives
     results["chance"] = {
         "full_R@1": round(100.0 / num_products, 2),
         "sample100_R@1": round(100.0 / (num_negatives + 1), 2),
     }
+    results["items"] = {"pairs": len(embeddings), "skipped_images": skipped_images, "excluded": excluded}
     return results
 
 

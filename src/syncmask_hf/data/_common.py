@@ -54,6 +54,33 @@ def bad_item(report: LoadReport, skip_bad: bool, item: str, kind: str, message: 
     report.skip(item, kind, message)
 
 
+class Utf8Lines:
+    """The lines of a text file (CSV, JSONL) as str, for `csv.reader` or a line loop: UTF-8, a leading BOM dropped
+    (spreadsheets write one). A line that is not UTF-8 is a bad item named by file and line (`bad_item`: raised,
+    or skipped and counted as ``bad_encoding`` with ``skip_bad``); a header that is not UTF-8 always raises.
+    ``line_no`` is the physical line last read, so callers name records by it (skipped lines shift no number)."""
+
+    def __init__(self, path: str, report: LoadReport, skip_bad: bool):
+        self.path, self.report, self.skip_bad, self.line_no = path, report, skip_bad, 0
+
+    def __iter__(self):
+        with open(self.path, "rb") as f:
+            for self.line_no, raw in enumerate(f, start=1):
+                if self.line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    where = f"{self.path} line {self.line_no}"
+                    problem = (
+                        f"not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); re-save the file as UTF-8"
+                    )
+                    if self.line_no == 1:
+                        raise BadItemError(f"{where} (the header): {problem}") from None
+                    self.report.rows_read += 1
+                    bad_item(self.report, self.skip_bad, where, "bad_encoding", problem)
+
+
 def check_image(path: str, verify: bool) -> tuple[str, str] | None:
     """``None`` when the image file is usable, else ``(kind, message)`` naming the problem and the fix.
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 import datasets
 
-from ._common import bad_item, check_image, clean, normalize_gender
+from ._common import Utf8Lines, bad_item, check_image, clean, normalize_gender
 from .fashiongen import load_fashiongen
 from .kaggle import load_hm, load_myntra
 from .schema import CATALOG_COLUMNS, CATALOG_FEATURES, STRING_COLUMNS, BadItemError, LoadReport, empty_row
@@ -181,29 +181,30 @@ def _metadata_file(folder: str) -> str | None:
 
 def _read_metadata(path: str, report: LoadReport, skip_bad: bool):
     """Yield ``(line_no, record)`` from a metadata.csv / metadata.jsonl; unreadable lines are bad items."""
+    lines = Utf8Lines(path, report, skip_bad)
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                report.rows_read += 1
-                try:
-                    rec = json.loads(line)
-                    if not isinstance(rec, dict):
-                        raise ValueError("not a JSON object")
-                except ValueError as err:
-                    bad_item(report, skip_bad, f"{path} line {line_no}", "bad_row", f"unreadable JSON ({err})")
-                    continue
-                yield line_no, rec
+        for line in lines:
+            line_no = lines.line_no
+            if not line.strip():
+                continue
+            report.rows_read += 1
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as err:
+                bad_item(report, skip_bad, f"{path} line {line_no}", "bad_row", f"unreadable JSON ({err})")
+                continue
+            yield line_no, rec
     else:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            for line_no, rec in enumerate(reader, start=2):
-                report.rows_read += 1
-                if None in rec or None in rec.values():
-                    bad_item(report, skip_bad, f"{path} line {line_no}", "bad_row", "wrong number of fields")
-                    continue
-                yield line_no, rec
+        reader = csv.DictReader(lines)
+        for rec in reader:
+            line_no = lines.line_no
+            report.rows_read += 1
+            if None in rec or None in rec.values():
+                bad_item(report, skip_bad, f"{path} line {line_no}", "bad_row", "wrong number of fields")
+                continue
+            yield line_no, rec
 
 
 def _map_record(

@@ -8,7 +8,7 @@ import re
 
 import datasets
 
-from ._common import bad_item, check_image, clean, normalize_gender
+from ._common import Utf8Lines, bad_item, check_image, clean, normalize_gender
 from .schema import CATALOG_COLUMNS, CATALOG_FEATURES, BadItemError, LoadReport, empty_row
 
 __all__ = ["load_hm", "load_myntra", "myntra_brand", "hm_gender"]
@@ -70,48 +70,49 @@ def load_hm(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: an H&M folder holds articles.csv and images/NNN/<article_id>.jpg")
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        _require_columns(header, ["article_id", "product_code", "prod_name"], path)
-        for line_no, rec in enumerate(reader, start=2):
-            report.rows_read += 1
-            aid = clean(rec.get("article_id"))
-            item = f"{path} line {line_no} (article_id={aid or '?'})"
-            # DictReader puts surplus fields under the key None and gives missing trailing fields the value None
-            if None in rec or None in rec.values():
-                found = sum(v is not None for k, v in rec.items() if k is not None) + len(rec.get(None) or [])
-                bad_item(
-                    report,
-                    skip_bad,
-                    item,
-                    "bad_row",
-                    f"malformed row: expected {len(header)} fields, found {found}; fix the quoting of that line "
-                    f"(a comma inside a field needs double quotes) or restore its missing fields",
-                )
-                continue
-            if not aid.isdigit():
-                bad_item(report, skip_bad, item, "bad_row", "malformed row: non-numeric article_id")
-                continue
-            aid = aid.zfill(10)
-            img = os.path.join(root, "images", aid[:3], f"{aid}.jpg")
-            problem = check_image(img, verify_images)
-            if problem:
-                bad_item(report, skip_bad, item, *problem)
-                continue
-            name, desc = clean(rec.get("prod_name")), clean(rec.get("detail_desc"))
-            row = empty_row()
-            row.update(
-                image=img,
-                text=f"{name}. {desc}" if desc else name,
-                product_id=(clean(rec.get("product_code")) or aid[:7]).zfill(7),
-                item_id=aid,
-                category=clean(rec.get("product_group_name")),
-                subcategory=clean(rec.get("product_type_name")),
-                color=clean(rec.get("colour_group_name")),
-                gender=hm_gender(rec.get("index_group_name", ""), rec.get("section_name", "")),
+    lines = Utf8Lines(path, report, skip_bad)
+    reader = csv.DictReader(lines)
+    header = list(reader.fieldnames or [])
+    _require_columns(header, ["article_id", "product_code", "prod_name"], path)
+    for rec in reader:
+        line_no = lines.line_no
+        report.rows_read += 1
+        aid = clean(rec.get("article_id"))
+        item = f"{path} line {line_no} (article_id={aid or '?'})"
+        # DictReader puts surplus fields under the key None and gives missing trailing fields the value None
+        if None in rec or None in rec.values():
+            found = sum(v is not None for k, v in rec.items() if k is not None) + len(rec.get(None) or [])
+            bad_item(
+                report,
+                skip_bad,
+                item,
+                "bad_row",
+                f"malformed row: expected {len(header)} fields, found {found}; fix the quoting of that line "
+                f"(a comma inside a field needs double quotes) or restore its missing fields",
             )
-            rows.append(row)
+            continue
+        if not aid.isdigit():
+            bad_item(report, skip_bad, item, "bad_row", "malformed row: non-numeric article_id")
+            continue
+        aid = aid.zfill(10)
+        img = os.path.join(root, "images", aid[:3], f"{aid}.jpg")
+        problem = check_image(img, verify_images)
+        if problem:
+            bad_item(report, skip_bad, item, *problem)
+            continue
+        name, desc = clean(rec.get("prod_name")), clean(rec.get("detail_desc"))
+        row = empty_row()
+        row.update(
+            image=img,
+            text=f"{name}. {desc}" if desc else name,
+            product_id=(clean(rec.get("product_code")) or aid[:7]).zfill(7),
+            item_id=aid,
+            category=clean(rec.get("product_group_name")),
+            subcategory=clean(rec.get("product_type_name")),
+            color=clean(rec.get("colour_group_name")),
+            gender=hm_gender(rec.get("index_group_name", ""), rec.get("section_name", "")),
+        )
+        rows.append(row)
     report.rows_kept = len(rows)
     return _rows_to_dataset(rows)
 
@@ -159,29 +160,30 @@ def _read_myntra_rows(path: str, report: LoadReport, skip_bad: bool):
     """Yield ``(line_no, dict)``; rows with extra commas (unquoted commas in ``productDisplayName``, a known defect of
     the Kaggle file) are repaired by joining the surplus fields back into the name, and counted as ``repaired_row``.
     """
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None) or []
-        _require_columns(header, MYNTRA_COLUMNS, path)
-        n = len(header)
-        last = header.index("productDisplayName")
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            report.rows_read += 1
-            if len(fields) > n and last == n - 1:
-                fields = fields[: n - 1] + [",".join(fields[n - 1 :])]
-                report.counts["repaired_row"] += 1
-            if len(fields) != n:
-                bad_item(
-                    report,
-                    skip_bad,
-                    f"{path} line {line_no} (id={fields[0] if fields else '?'})",
-                    "bad_row",
-                    f"expected {n} fields, found {len(fields)}; fix the quoting of that line",
-                )
-                continue
-            yield line_no, dict(zip(header, fields))
+    lines = Utf8Lines(path, report, skip_bad)
+    reader = csv.reader(lines)
+    header = next(reader, None) or []
+    _require_columns(header, MYNTRA_COLUMNS, path)
+    n = len(header)
+    last = header.index("productDisplayName")
+    for fields in reader:
+        line_no = lines.line_no
+        if not fields:
+            continue
+        report.rows_read += 1
+        if len(fields) > n and last == n - 1:
+            fields = fields[: n - 1] + [",".join(fields[n - 1 :])]
+            report.counts["repaired_row"] += 1
+        if len(fields) != n:
+            bad_item(
+                report,
+                skip_bad,
+                f"{path} line {line_no} (id={fields[0] if fields else '?'})",
+                "bad_row",
+                f"expected {n} fields, found {len(fields)}; fix the quoting of that line",
+            )
+            continue
+        yield line_no, dict(zip(header, fields))
 
 
 def load_myntra(
