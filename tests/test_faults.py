@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from syncmask_hf import training
+from syncmask_hf.data import BadItemError
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,63 @@ def _uploads_decoded_as_in_training(tmp_path, row):
 
 
 # ------------------------------------------------------------------------------------- data and evaluation (6-8)
+def _fashiongen(tmp_path, images, strings=None):
+    """A FashionGen HDF5 of 2 rows in the official schema but for the given images / description bytes."""
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "fashiongen_256_256_validation.h5"
+    keys = ("input_description", "input_category", "input_subcategory", "input_brand", "input_season")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("input_image", data=images)
+        for key in (*keys, "input_composition", "input_gender"):
+            values = strings if key == "input_description" and strings else [b"x", b"x"]
+            f.create_dataset(key, data=np.array([[v] for v in values], dtype="S64"))
+        f.create_dataset("input_productID", data=np.array([[1], [2]], dtype=np.int32))
+    return path
+
+
+def _fashiongen_float_and_uint16_images(tmp_path, row):
+    import numpy as np
+
+    from syncmask_hf.data import load_catalog
+
+    for images, expected_mean in (
+        (np.full((2, 8, 8, 3), 0.5, np.float32), 128),  # 0-1 floats: was black (cast to 0)
+        (np.full((2, 8, 8, 3), 40000, np.uint16), 156),  # 16-bit: was wrapped mod 256 (64)
+    ):
+        path = _fashiongen(tmp_path, images)
+        ds = load_catalog(f"fashiongen:{path}", streaming=True)
+        pixels = np.asarray(next(iter(ds))["image"])
+        assert abs(pixels.mean() - expected_mean) <= 1, (images.dtype, pixels.mean())
+    path = _fashiongen(tmp_path, np.zeros((2, 8, 8, 3), np.int8))
+    with pytest.raises(BadItemError, match=row.expected):
+        load_catalog(f"fashiongen:{path}")
+
+
+def _fashiongen_wrong_image_shape(tmp_path, row):
+    import numpy as np
+
+    from syncmask_hf.data import load_catalog
+
+    path = _fashiongen(tmp_path, np.zeros((2, 8, 8), np.uint8))  # grey images without a channel axis
+    with pytest.raises(BadItemError, match=row.expected) as err:
+        load_catalog(f"fashiongen:{path}", cache_dir=str(tmp_path / "cache"))
+    assert str(path) in str(err.value)
+
+
+def _fashiongen_utf8_strings(tmp_path, row):
+    import numpy as np
+
+    from syncmask_hf.data import load_catalog
+
+    path = _fashiongen(
+        tmp_path, np.zeros((2, 8, 8, 3), np.uint8), ["café coat".encode(), "caf\xe9 coat".encode("latin-1")]
+    )
+    texts = [r["text"] for r in load_catalog(f"fashiongen:{path}", streaming=True)]
+    assert texts == [row.expected, row.expected]  # UTF-8 and the official latin-1 alike
+
+
 def _catalogue_csv_not_utf8(tmp_path, row):
     from syncmask_hf.data import load_catalog
 
@@ -291,8 +349,6 @@ def _catalogue_csv_not_utf8(tmp_path, row):
     assert len(ds) == 3 and report.counts["bad_encoding"] == 1
     ((item, reason),) = report.skipped
     assert item.endswith("metadata.csv line 4") and row.expected in reason
-    from syncmask_hf.data import BadItemError
-
     with pytest.raises(BadItemError, match="metadata.csv line 4"):
         load_catalog(f"folder:{catalog}")
 
@@ -434,6 +490,21 @@ ROWS = [
         "decoded as in training",
         _uploads_decoded_as_in_training,
     ),
+    Row(
+        "6a",
+        "load_catalog('fashiongen:...')",
+        "float 0-1 and uint16 image arrays; an int8 one",
+        "dtype int8",
+        _fashiongen_float_and_uint16_images,
+    ),
+    Row(
+        "6b",
+        "load_catalog('fashiongen:...')",
+        "images N x H x W (no channel axis)",
+        r"shape \(2, 8, 8\), expected N x H x W x 3",
+        _fashiongen_wrong_image_shape,
+    ),
+    Row("6c", "load_catalog('fashiongen:...')", "UTF-8 strings", "café coat", _fashiongen_utf8_strings),
     Row(
         "7a",
         "load_catalog('folder:...')",

@@ -40,11 +40,15 @@ def fashiongen_file(path: str, split: str | None) -> str:
 
 
 def _decode(value) -> str:
-    """FashionGen stores strings as ``[i][0]`` latin-1 bytes; ids may be numeric."""
+    """FashionGen stores strings as ``[i][0]`` bytes, latin-1 in the official files; UTF-8 (as re-exported copies
+    write them) is decoded as UTF-8, anything else as latin-1, so "café" never becomes "cafÃ©". Ids may be numeric."""
     if isinstance(value, np.ndarray):
         value = value.reshape(-1)[0] if value.size else ""
     if isinstance(value, (bytes, np.bytes_)):
-        return value.decode("latin-1").strip()
+        try:
+            return value.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return value.decode("latin-1").strip()
     if isinstance(value, (np.integer, int)):
         return str(int(value))
     if isinstance(value, (np.floating, float)):
@@ -73,6 +77,7 @@ def _open_checked(path: str, text_field: str):
         n = rows["input_image"]
         if n is None:
             raise BadItemError(f"{path}: HDF5 key 'input_image' is a scalar, expected N x H x W x 3 images")
+        _check_images(path, f["input_image"])
         bad = {key: r for key, r in rows.items() if r != n}
         if bad:
             key, r = next(iter(bad.items()))
@@ -85,6 +90,25 @@ def _open_checked(path: str, text_field: str):
         f.close()
         raise
     return f, n
+
+
+#: image dtypes read, and how: uint8 as is; uint16 / 257; floats scaled from 0-1 (when the image's maximum is at
+#: most 1) or clipped to 0-255; bool as 0 / 255. Anything else is refused with the dtype named.
+IMAGE_DTYPES = ("uint8", "uint16", "float16", "float32", "float64", "bool")
+
+
+def _check_images(path: str, images) -> None:
+    shape, dtype = tuple(images.shape), np.dtype(images.dtype)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise BadItemError(
+            f"{path}: HDF5 key 'input_image' has shape {shape}, expected N x H x W x 3 (RGB images); this is not a "
+            "fashiongen_256_256_*.h5 file in the official schema"
+        )
+    if dtype.name not in IMAGE_DTYPES:
+        raise BadItemError(
+            f"{path}: HDF5 key 'input_image' has dtype {dtype.name}; readable dtypes are {list(IMAGE_DTYPES)} "
+            "(the official files hold uint8): convert the images first"
+        )
 
 
 def _needed_keys(text_field: str) -> list[str]:
@@ -102,7 +126,7 @@ def _generate(path: str, ranges: list, text_field: str, png_level: int, mtime: f
     ``mtime`` is unused here; it is part of ``gen_kwargs`` so that the ``datasets`` cache is invalidated when the
     file changes.
     """
-    from PIL import Image
+    from ..models.image_loading import array_to_pil
 
     f, _ = _open_checked(path, text_field)
     try:
@@ -111,13 +135,9 @@ def _generate(path: str, ranges: list, text_field: str, png_level: int, mtime: f
             cols = {k: f[k][start:stop] for k in _needed_keys(text_field) if k != "input_image"}
             for j in range(stop - start):
                 row_no = start + j
-                img = images[j]
-                if img.ndim != 3 or img.shape[-1] != 3:
-                    raise BadItemError(f"{path} row {row_no}: input_image has shape {img.shape}, expected (H, W, 3)")
                 buf = io.BytesIO()
-                Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(
-                    buf, format="PNG", compress_level=png_level
-                )
+                # the package's array conversion (uint16, floats 0-1, bool), never a silent cast to uint8
+                array_to_pil(images[j]).save(buf, format="PNG", compress_level=png_level)
                 desc = _decode(cols["input_description"][j])
                 if text_field == "name+description":
                     name = _decode(cols["input_name"][j])
@@ -167,8 +187,9 @@ def load_fashiongen(
     ``"concat_description"`` uses ``input_concat_description``), product_id = ``input_productID`` (the rows of one
     product -- its poses -- share it), item_id = ``<productID>_<row>``, category/subcategory/brand/season/
     composition from the keys of those names, gender normalised (MEN -> men). FashionGen has no colour field ("").
-    A missing key (of those read: `FASHIONGEN_KEYS`, plus the text field's) or keys with different row counts
-    raise `BadItemError` naming the key, the file and what was found.
+    A missing key (of those read: `FASHIONGEN_KEYS`, plus the text field's), keys with different row counts, images
+    not N x H x W x 3 or of a dtype outside `IMAGE_DTYPES` raise `BadItemError` naming the key, the file and what
+    was found, before any row is read.
     """
     if text_field not in _TEXT_FIELDS:
         raise ValueError(f"text_field must be one of {_TEXT_FIELDS}, got {text_field!r}")

@@ -40,7 +40,7 @@ def _where(index: int | None, item_id: Any = None) -> str:
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
-def _array_to_pil(array: np.ndarray) -> Image.Image:
+def array_to_pil(array: np.ndarray) -> Image.Image:
     """HxW, HxWxC or CxHxW (C in 1, 2, 3, 4: L, LA, RGB, RGBA) arrays of uint8, uint16, bool, other ints or floats
     (0-1 or 0-255). The alpha channel is kept (an LA / RGBA image); `_pil_to_rgb` composites it on white."""
     array = np.asarray(array)
@@ -78,7 +78,7 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB" and "transparency" not in image.info:
         return image
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        return _array_to_pil(np.asarray(image)).convert("RGB")
+        return array_to_pil(np.asarray(image)).convert("RGB")
     if mode == "1":
         image = image.convert("L")
         mode = "L"
@@ -138,7 +138,7 @@ def load_image(image: Any, index: int | None = None, item_id: Any = None) -> Ima
             image = image.detach().cpu().numpy()
         if isinstance(image, np.ndarray):
             # through `_pil_to_rgb`, so that an alpha channel is composited on white exactly like a PIL RGBA image
-            pil = _array_to_pil(image)
+            pil = array_to_pil(image)
             rgb = _pil_to_rgb(pil)
             return rgb.copy() if rgb is pil else rgb  # never share memory with the caller's array
     except FashionInputError:
@@ -157,4 +157,4 @@ def load_image(image: Any, index: int | None = None, item_id: Any = None) -> Ima
     )
 
 
-__all__ = ["FashionInputError", "load_image"]
+__all__ = ["FashionInputError", "array_to_pil", "load_image"]
