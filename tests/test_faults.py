@@ -101,6 +101,27 @@ def _disk_full_while_saving(tmp_path, row, monkeypatch):
     assert _Run(tmp_path / "out").resume().global_step == 2  # the earlier checkpoints are intact
 
 
+def _real_full_disk(tmp_path, row):
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs (the mocked row 1b covers the message)")
+    try:
+        run = _Run(disk / "out", width=1000)  # about 160 kB a checkpoint: the first fits, the second does not
+        progress = training.Progress()
+        run.step(progress)
+        first = run.save(progress)
+        run.step(progress)
+        with pytest.raises(OSError, match=row.expected):
+            run.save(progress)
+        assert not (disk / "out" / "checkpoints" / "step_2").exists()
+        assert _Run(disk / "out", width=1000).resume().global_step == 1 and first.exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 def _zeroed_weights(tmp_path, row):
     _, first, second = _two_checkpoints(tmp_path)
     path = second / "model.safetensors"
@@ -430,6 +451,7 @@ ROWS = [
         "no space left on",
         _disk_full_while_saving,
     ),
+    Row("1c", "save_checkpoint", "a real full disk (a 256 kB tmpfs)", "no space left on", _real_full_disk),
     Row(
         "2a",
         "--resume_from_checkpoint latest",
