@@ -77,9 +77,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--checkpoint_lr_scale",
         type=float,
-        default=1.0,
+        default=None,
         help="learning rate of the parameters copied from --text_pretrained / --vision_pretrained, as a multiple "
-        "of --learning_rate (the new parameters take --learning_rate); 1 = one rate for all, as ALBEF",
+        "of --learning_rate (the new parameters take --learning_rate); 1 = one rate for all, as ALBEF. Default: "
+        "0.2 for FashionFAE (MiniLM's weights at 1e-4 beside a random ViT at 5e-4), 1 otherwise",
     )
     p.add_argument("--weight_decay", type=float, default=0.02)
     p.add_argument("--adam_epsilon", type=float, default=1e-8)

@@ -289,3 +289,13 @@ def test_tracker_config_leaves_tokens_out():
     config = tracker_config(args)
     assert config == {"model": "e2", "learning_rate": 1e-4, "dataset": "['hm:x']", "push_to_hub": True}
     assert "hf_secret" not in str(config)
+
+
+def test_copied_weights_rate_defaults_per_model_and_the_flag_wins():
+    from types import SimpleNamespace
+
+    from syncmask_hf.pretraining import checkpoint_lr_scale
+
+    assert checkpoint_lr_scale(SimpleNamespace(model="fashionfae", checkpoint_lr_scale=None)) == 0.2
+    assert checkpoint_lr_scale(SimpleNamespace(model="syncmask", checkpoint_lr_scale=None)) == 1.0
+    assert checkpoint_lr_scale(SimpleNamespace(model="fashionfae", checkpoint_lr_scale=1.0)) == 1.0
