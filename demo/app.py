@@ -20,6 +20,7 @@ from syncmask_hf.search import BadImageError, CatalogSearch, open_image
 DEFAULT_MODEL = os.environ.get("MODEL_ID", "outputs/pretrain/final")
 DEFAULT_CATALOG = os.environ.get("CATALOG", "synthetic:2400")
 DEFAULT_CAPTIONER = os.environ.get("CAPTIONER_ID") or None
+CONCURRENCY = int(os.environ.get("DEMO_CONCURRENCY", "2"))  # requests decoding and embedding at once, all endpoints
 
 
 class UploadImage(gr.Image):
@@ -115,8 +116,23 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
             describe_button.click(
                 describe, describe_in, [caption_out, attributes_out, overlay_out, legend_out], api_name="describe"
             )
-    demo.queue(default_concurrency_limit=4, max_size=256)
+    # Every endpoint decodes an upload and runs the model: one shared pool of CONCURRENCY slots bounds the memory
+    # (4 endpoints x 4 slots each let 16 large uploads decode at once).
+    for dependency in demo.fns.values():
+        dependency.concurrency_id, dependency.concurrency_limit = "model", CONCURRENCY
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
     return demo
+
+
+def launch(demo: gr.Blocks, engine: CatalogSearch, args, **kwargs):
+    """Serve `demo` with the only files it may hand out, the catalogue's thumbnails (not the embedding cache)."""
+    return demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        allowed_paths=[str(engine.thumbnail_root)],
+        max_file_size=args.max_file_size,  # refused before it is stored; decoded sizes are checked by open_image
+        **kwargs,
+    )
 
 
 def parse_args(argv=None):
@@ -130,6 +146,12 @@ def parse_args(argv=None):
     p.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="captioner folder or Hub id (optional)")
     p.add_argument("--cache_dir", default=os.environ.get("INDEX_CACHE"), help="where gallery embeddings are cached")
     p.add_argument("--max_items", type=int, default=None)
+    p.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        default=os.environ.get("TRUST_REMOTE_CODE") == "1",
+        help="let a --model / --captioner of another model type run its own code (env TRUST_REMOTE_CODE=1)",
+    )
     # Spaces set GRADIO_SERVER_NAME=0.0.0.0 (and the port); elsewhere the app stays on loopback unless asked.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -139,20 +161,19 @@ def parse_args(argv=None):
 
 def make_engine(args) -> CatalogSearch:
     return CatalogSearch(
-        args.model, args.catalog, cache_dir=args.cache_dir, captioner=args.captioner, max_items=args.max_items
+        args.model,
+        args.catalog,
+        cache_dir=args.cache_dir,
+        captioner=args.captioner,
+        max_items=args.max_items,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
 if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
     demo_engine = make_engine(args)
-    demo = build_demo(demo_engine)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        allowed_paths=[str(demo_engine.cache_dir)],
-        max_file_size=args.max_file_size,  # refused before it is stored; decoded sizes are checked by open_image
-    )
+    launch(build_demo(demo_engine), demo_engine, args)
 else:
     # `gradio demo/app.py` and Spaces import the module and look for `demo`; build it from the environment.
     if os.environ.get("SYNCMASK_DEMO_NO_AUTOLOAD") != "1":

@@ -6,7 +6,7 @@
     python examples/evaluate.py --model_path outputs/finetune_tgir/final --tasks tgir \
         --fashioniq ../shared/data/fashioniq --fashioniq_images /data/fashioniq/images
 
-Any of the package's models loads (`AutoModel.from_pretrained(folder, trust_remote_code=True)` + `AutoProcessor`).
+Any of the package's models loads (`AutoModel` + `AutoProcessor`; another type only with `--trust_remote_code`).
 The evaluated products are the `--split` (default: test) of `product_disjoint_split` with the same `--seed` /
 `--test_products` / `--val_products` as pretrain.py, so they are the products it held out.
 
@@ -50,6 +50,7 @@ logger = logging.getLogger("evaluate")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="a folder written by save_pretrained (or a Hub id)")
+    training.add_trust_remote_code_argument(p)
     p.add_argument("--dataset", action="append", default=None, help="data-layer source(s), e.g. hm:PATH")
     p.add_argument("--split", choices=["test", "validation", "train"], default="test")
     p.add_argument("--val_products", type=float, default=0.1, help="as pretrain.py")
@@ -197,7 +198,7 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     show = not args.no_progress
-    model, processor = training.load_model_folder(args.model_path)
+    model, processor = training.load_model_folder(args.model_path, trust_remote_code=args.trust_remote_code)
     model.to(args.device).eval()
     config = model.config
     splits = split = None
@@ -227,7 +228,7 @@ def main(argv=None):
         if head == "auto":  # the fusion head only when it was trained (finetune_tgir.py saved it), else image + text
             trained = any("TextGuided" in a for a in (getattr(config, "architectures", None) or []))
             head = "fusion" if trained else "combiner"
-        tgir_model, tgir_processor, head = load_tgir_model(args.model_path, head)
+        tgir_model, tgir_processor, head = load_tgir_model(args.model_path, head, args.trust_remote_code)
         tgir_model.to(args.device).eval()
         sets = {}
         if split is not None:

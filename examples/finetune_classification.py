@@ -31,7 +31,7 @@ import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
 from syncmask_hf.data.collator import FashionCollator
 from syncmask_hf.evaluation import classification_accuracy, format_results_markdown, save_results
-from syncmask_hf.specs import models_with_head, task_head
+from syncmask_hf.specs import load_pretrained, models_with_head, task_head
 
 logger = get_logger(__name__)
 TASKS = {"category": ("category",), "subcategory": ("subcategory",), "both": ("category", "subcategory")}
@@ -90,7 +90,7 @@ def label_maps(train, tasks) -> dict[str, list[str]]:
 def build_model(args, maps):
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(args.model_path, trust_remote_code=True)
+    config = load_pretrained(AutoConfig, args.model_path, trust_remote_code=args.trust_remote_code)
     head = args.head
     fusion_head = task_head(config, "classification")
     if head == "auto":
@@ -107,7 +107,7 @@ def build_model(args, maps):
             num_subcategories=len(maps.get("subcategory", [])),
         )
         return model, head, config
-    base = AutoModel.from_pretrained(args.model_path, trust_remote_code=True)
+    base = load_pretrained(AutoModel, args.model_path, trust_remote_code=args.trust_remote_code)
     sizes = {name: len(maps.get(name, [])) for name in ("category", "subcategory")}
     return ImageFeatureClassifier(base, sizes, args.freeze_encoder), head, config
 
@@ -157,7 +157,7 @@ def main(argv=None):
     model, head, config = build_model(args, maps)
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(args.model_path, trust_remote_code=True)
+    processor = load_pretrained(AutoProcessor, args.model_path, trust_remote_code=args.trust_remote_code)
     collator = FashionCollator(
         processor,
         mode=training.collator_mode(config),

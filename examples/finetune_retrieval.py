@@ -34,7 +34,7 @@ import syncmask_hf  # noqa: F401  (registers the package's Auto classes)
 from syncmask_hf import training
 from syncmask_hf.data.collator import FashionCollator
 from syncmask_hf.evaluation import format_results_markdown, save_results
-from syncmask_hf.specs import task_head
+from syncmask_hf.specs import load_pretrained, task_head
 
 logger = get_logger(__name__)
 DEFAULT_OVERRIDES = {"syncmask": {"mlm_weight": 0.0, "mim_weight": 0.0}}
@@ -59,14 +59,14 @@ def load_model(args):
     losses); `itc` any model with CLIP's interface, wrapped with a learned temperature."""
     from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor
 
-    config = AutoConfig.from_pretrained(args.model_path, trust_remote_code=True)
+    config = load_pretrained(AutoConfig, args.model_path, trust_remote_code=args.trust_remote_code)
     objective = args.objective
     if objective == "auto":
         # Models with an ITM head fine-tune it with ITC; the others fine-tune their two towers with ITC alone.
         objective = "itc_itm" if task_head(config, "retrieval") else "itc"
-    processor = AutoProcessor.from_pretrained(args.model_path, trust_remote_code=True)
+    processor = load_pretrained(AutoProcessor, args.model_path, trust_remote_code=args.trust_remote_code)
     if objective == "itc":
-        model = AutoModel.from_pretrained(args.model_path, trust_remote_code=True)
+        model = load_pretrained(AutoModel, args.model_path, trust_remote_code=args.trust_remote_code)
         return training.ContrastiveFineTuning(model), processor, objective, config
     overrides = dict(DEFAULT_OVERRIDES.get(config.model_type, {}))
     overrides.update(json.loads(args.config_override) if args.config_override else {})
@@ -75,7 +75,9 @@ def load_model(args):
             raise SystemExit(f"error: --config_override: {type(config).__name__} has no field {key!r}")
         setattr(config, key, value)
     try:
-        model = AutoModelForPreTraining.from_pretrained(args.model_path, config=config, trust_remote_code=True)
+        model = load_pretrained(
+            AutoModelForPreTraining, args.model_path, config=config, trust_remote_code=args.trust_remote_code
+        )
     except ValueError as err:  # no pretraining head registered for this model type
         raise SystemExit(
             f"error: {config.model_type} has no pretraining class with a loss for --objective itc_itm; use --objective itc"
@@ -131,7 +133,6 @@ def main(argv=None):
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
-    accelerator.register_for_checkpointing(training.TrainingBuffers(unwrapped))
 
     def compute_loss(model, batch):
         if objective == "itc":
@@ -151,6 +152,7 @@ def main(argv=None):
         total_steps,
         collator=collator,
         desc=f"finetune retrieval ({objective})",
+        state=training.training_state(unwrapped),
         after_step=[lambda progress: unwrapped.update_teacher()] if hasattr(unwrapped, "update_teacher") else None,
         logger=logger,
     )

@@ -77,7 +77,7 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     set_seed(args.seed)
 
-    model, processor, head = load_tgir_model(args.model_path, args.head)
+    model, processor, head = load_tgir_model(args.model_path, args.head, args.trust_remote_code)
     with accelerator.main_process_first():
         try:
             train_set, test_set = tgir_sets(

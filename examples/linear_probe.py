@@ -3,7 +3,7 @@
 
     python examples/linear_probe.py --model_path outputs/pretrain/final --dataset myntra:../shared/data/myntra
 
-The model (any of the package's, loaded with `AutoModel.from_pretrained(..., trust_remote_code=True)`) stays frozen:
+The model (any of the package's, loaded with `AutoModel.from_pretrained(...)`; another type only with `--trust_remote_code`) stays frozen:
 `get_image_features` embeds the training and the held-out products (product-disjoint split, same `--seed` /
 `--test_products` / `--val_products` as pretrain.py), and a multinomial logistic-regression probe per attribute
 (`syncmask_hf.evaluation.linear_probe`, L2 penalty chosen on a hold-out of the training rows) predicts it. Attributes
@@ -31,6 +31,7 @@ KNOWN = ("brand", "season", "subcategory", "composition", "category", "color", "
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="a folder written by save_pretrained (or a Hub id)")
+    training.add_trust_remote_code_argument(p)
     p.add_argument("--dataset", action="append", default=None, help="data-layer source(s), e.g. myntra:PATH")
     p.add_argument("--attributes", default=DEFAULT_ATTRIBUTES, help=f"comma-separated, from {list(KNOWN)}")
     p.add_argument("--output_dir", default="outputs/linear_probe")
@@ -61,7 +62,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    model, processor = training.load_model_folder(args.model_path)
+    model, processor = training.load_model_folder(args.model_path, trust_remote_code=args.trust_remote_code)
     model.to(args.device).eval()
     splits = training.load_catalog_splits(args.dataset, args.test_products, args.val_products, args.seed)
     train, test = splits["train"], splits["test"]

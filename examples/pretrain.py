@@ -9,7 +9,7 @@
 With no arguments it trains the tiny E2 config on the embedded synthetic catalogue for 200 steps (a few minutes on CPU)
 and prints retrieval recall on held-out products. Checkpoints (`Accelerator.save_state`, with the feature queues and
 the position in the data) go to `<output_dir>/checkpoints/step_N`; the final model and its processor to
-`<output_dir>/final` (`AutoModel.from_pretrained(<output_dir>/final, trust_remote_code=True)`).
+`<output_dir>/final` (`AutoModel.from_pretrained(<output_dir>/final)` with the package installed).
 
 This script only parses arguments; the job is `syncmask_hf.pretraining.pretrain` over the package's one training loop.
 """

@@ -33,7 +33,12 @@ from syncmask_hf.captioner import caption_images, encode_images, encode_texts, t
 from syncmask_hf.evaluation import caption_metrics, format_results_markdown
 from syncmask_hf.models.image_loading import FashionInputError, load_image
 from syncmask_hf.models.processing_fashion import normalize_text
-from syncmask_hf.training import load_catalog_splits, load_model_folder, multi_cpu_launch
+from syncmask_hf.training import (
+    add_trust_remote_code_argument,
+    load_catalog_splits,
+    load_model_folder,
+    multi_cpu_launch,
+)
 
 logger = get_logger("train_captioner")
 
@@ -44,6 +49,7 @@ def parse_args(argv=None):
         "--model_path", "--encoder", default="outputs/pretrain/final", help="encoder folder or Hub id (kept frozen)"
     )
     p.add_argument("--dataset", action="append", help="data-layer source(s); default synthetic:2400")
+    add_trust_remote_code_argument(p)
     p.add_argument("--output_dir", default="outputs/captioner")
     p.add_argument(
         "--captioner_path",
@@ -122,7 +128,7 @@ def main(argv=None):
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
 
-    encoder, processor = load_model_folder(args.model_path)
+    encoder, processor = load_model_folder(args.model_path, trust_remote_code=args.trust_remote_code)
     encoder.requires_grad_(False).eval().to(accelerator.device)
     tokenizer = processor.tokenizer
     with accelerator.main_process_first():

@@ -16,7 +16,7 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 os.environ["SYNCMASK_DEMO_NO_AUTOLOAD"] = "1"
 
-from demo.app import build_demo  # noqa: E402
+from demo.app import build_demo, launch  # noqa: E402
 from syncmask_hf.search import CatalogSearch  # noqa: E402
 
 from .helpers import save_tiny_model  # noqa: E402
@@ -39,15 +39,13 @@ def engine(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(engine):
+    from types import SimpleNamespace
+
     demo = build_demo(engine)
     port = _free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        allowed_paths=[str(engine.cache_dir)],
-    )
+    # the app's own launch: what it serves (thumbnails only) is part of what is tested
+    args = SimpleNamespace(host="127.0.0.1", port=port, max_file_size="25mb")
+    launch(demo, engine, args, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 

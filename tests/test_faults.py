@@ -20,6 +20,7 @@ from torch import nn
 
 from syncmask_hf import training
 from syncmask_hf.data import BadItemError
+from syncmask_hf.models.task_sampler import FashionFAETaskSampler
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,28 @@ class _Run:
         self.accelerator = Accelerator(cpu=True)
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 4))
+        # what an exact resume needs beside the weights: a feature queue and FashionFAE's task sampler
+        model.register_buffer("queue", torch.zeros(4, 3), persistent=False)
+        model.task_sampler = FashionFAETaskSampler({"itc": 0.5, "mlm": 0.5}, seed=0)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.state = training.training_state(self.accelerator.unwrap_model(self.model))
 
     def step(self, progress: training.Progress) -> None:
         loss = self.model(torch.randn(4, 8)).square().mean()
         self.accelerator.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad()
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped.queue.add_(torch.randn(4, 3))
+        unwrapped.task_sampler.sample()
         progress.global_step += 1
 
     def save(self, progress: training.Progress, keep: int = 3) -> Path:
-        return training.save_checkpoint(self.accelerator, self.args.output_dir, progress, keep)
+        return training.save_checkpoint(self.accelerator, self.args.output_dir, progress, keep, state=self.state)
 
     def resume(self) -> training.Progress:
-        return training.resume_progress(self.accelerator, self.args)
+        return training.resume_progress(self.accelerator, self.args, state=self.state)
 
 
 def _two_checkpoints(tmp_path: Path) -> tuple[_Run, Path, Path]:

@@ -26,7 +26,6 @@ from .models.pretrained import resolve_pretrained
 from .specs import get_spec
 from .training import (
     TimeBudget,
-    TrainingBuffers,
     adopt_text_checkpoint,
     build_processor,
     check_replicas,
@@ -205,12 +204,9 @@ def pretrain(args):
         # when it wraps the model, so towers frozen before it would never be synchronised in stage 2.
         accelerator.unwrap_model(model).freeze_pretrained(True)
     checksums = {}
-    accelerator.register_for_checkpointing(TrainingBuffers(accelerator.unwrap_model(model)))
-    if hasattr(accelerator.unwrap_model(model), "task_sampler"):
-        # FashionFAE's task sequence is part of an exact resume.
-        accelerator.register_for_checkpointing(accelerator.unwrap_model(model).task_sampler)
-
-    progress = training.resume_progress(accelerator, args, logger)
+    # The feature queues and FashionFAE's task sequence are part of an exact resume (safetensors / JSON, no pickle).
+    state = training.training_state(accelerator.unwrap_model(model))
+    progress = training.resume_progress(accelerator, args, logger, state)
     if budget is not None:
         budget.spent = progress.train_seconds
     unwrapped = accelerator.unwrap_model(model)
@@ -298,6 +294,7 @@ def pretrain(args):
         desc=f"pretrain {args.model}",
         after_step=after_step,
         after_epoch=epoch_end,
+        state=state,
         progress=progress,
         budget=budget,
         logger=logger,

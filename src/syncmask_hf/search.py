@@ -22,10 +22,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from .models import image_loading as _image_loading
+
 logger = logging.getLogger(__name__)
 
-# Uploads larger than this (in pixels) are refused before decoding: a decompression bomb must not take the server.
-MAX_UPLOAD_PIXELS = 40_000_000
+# Uploads larger than this (in pixels) are refused before decoding: a decompression bomb must not take the server
+# (the loader's own cap; a large JPEG is decoded reduced, `image_loading.DECODE_SIDE`).
+MAX_UPLOAD_PIXELS = _image_loading.MAX_IMAGE_PIXELS
+# Longest side of the thumbnails the demo serves (the only files it serves).
+THUMBNAIL_SIDE = 512
 # Rows embedded between two writes of the partial cache (what an interrupted indexing run can lose at most).
 INDEX_CHUNK = 1024
 ATTRIBUTES = ("category", "subcategory", "color", "season", "brand", "gender")
@@ -57,17 +62,28 @@ def open_image(source, name: str = "the upload") -> Image.Image:
             raise
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
             raise BadImageError(
-                f"{name} is not an image this demo can read ({err}): upload a JPEG or PNG photo."
+                f"{name} is not an image this demo can read ({_scrub(err, source, name)}): upload a JPEG or PNG photo."
             ) from None
     try:
         image = load_image(source)
     except FashionInputError as err:
-        reason = err.__cause__ or err
+        reason = _scrub(err.__cause__ or err, source, name)
         raise BadImageError(
             f"{name} is not an image this demo can read ({reason}): upload a JPEG or PNG photo."
         ) from None
     _check_pixels(image.size, name)
     return image
+
+
+def _scrub(err: Exception, source, name: str) -> str:
+    """An error's text without the server's file paths (an upload's temporary path says where uploads live)."""
+    text = str(err)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        for part in (path, os.path.dirname(path)):
+            if part:
+                text = text.replace(part, name)
+    return text
 
 
 def _check_pixels(size: tuple[int, int], name: str) -> None:
@@ -189,23 +205,39 @@ class CatalogSearch:
     """Embeds a catalogue with a model once and searches it.
 
     Args:
-        model: a model folder or Hub id (any model of this package: `AutoModel.from_pretrained(..., trust_remote_code=True)`).
+        model: a model folder or Hub id (any model of this package, loaded with the package's classes).
         catalog: a `datasets.Dataset` in the catalogue schema, or a data-layer source string (`"synthetic:2000"`, `"hm:PATH"`).
         cache_dir: where the gallery embeddings are cached (default `~/.cache/syncmask_hf/search`).
         captioner: an optional captioning model folder (the package's DeCap-style captioner).
+        trust_remote_code: let a folder of another `model_type` run its own Python code (off: such a folder is
+            refused, naming it).
 
     An imperfect catalogue is indexed anyway: rows the loader cannot use (`load_report`, for a source string) and
     images that do not decode (`skipped`: (row, item_id, reason)) are skipped, counted and logged; their texts stay
     searchable. Embeddings are cached chunk by chunk, so an interrupted indexing run resumes where it stopped.
     """
 
-    def __init__(self, model, catalog, *, cache_dir=None, captioner=None, device="cpu", batch_size=64, max_items=None):
+    def __init__(
+        self,
+        model,
+        catalog,
+        *,
+        cache_dir=None,
+        captioner=None,
+        device="cpu",
+        batch_size=64,
+        max_items=None,
+        trust_remote_code=False,
+    ):
         from transformers import AutoModel, AutoProcessor
+
+        from .specs import load_pretrained
 
         self.device = torch.device(device)
         self.model_path = str(model)
-        self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(self.model_path, trust_remote_code=True)
+        remote = {"trust_remote_code": trust_remote_code}
+        self.model = load_pretrained(AutoModel, self.model_path, **remote).to(self.device).eval()
+        self.processor = load_pretrained(AutoProcessor, self.model_path, **remote)
         self.load_report = None
         if isinstance(catalog, str):
             from .data import load_catalog
@@ -230,7 +262,7 @@ class CatalogSearch:
         self._build_index(f"{catalog_key}#{len(catalog)}:{digest}")
         self.captioner = None
         if captioner:
-            self.captioner = AutoModel.from_pretrained(str(captioner), trust_remote_code=True).to(self.device).eval()
+            self.captioner = load_pretrained(AutoModel, captioner, **remote).to(self.device).eval()
         self._attribute_cache: dict[str, tuple[list[str], torch.Tensor]] = {}
 
     # -- encoding ------------------------------------------------------------------------------------------
@@ -255,7 +287,9 @@ class CatalogSearch:
         from .evaluation import EmbeddingIndex
 
         key = _fingerprint(self.model_path, catalog_key, getattr(self.model.config, "_commit_hash", None))
-        self.image_dir = self.cache_dir / f"{key}-images"
+        # Thumbnails live apart from the embeddings: the demo serves this folder and nothing else of the cache.
+        self.thumbnail_root = self.cache_dir / "thumbnails"
+        self.image_dir = self.thumbnail_root / key
         cache = self.cache_dir / f"{key}.npz"
         data = _load_cache(cache, len(self.catalog))
         if data is None:
@@ -418,13 +452,16 @@ class CatalogSearch:
         return open_image(self.catalog[int(index)]["image"], f"catalogue item {index}")
 
     def image_path(self, index: int) -> str:
-        """A JPEG file of catalogue item `index`, written once (atomically) and reused: servers hand out paths
-        instead of re-encoding the same picture for every request (which also races under concurrent queries)."""
+        """A JPEG thumbnail (at most `THUMBNAIL_SIDE` px a side) of catalogue item `index` in `thumbnail_root`,
+        written once (atomically) and reused: servers hand out paths instead of re-encoding the same picture for
+        every request (which also races under concurrent queries)."""
         path = self.image_dir / f"{int(index)}.jpg"
         if not path.is_file():
             self.image_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            self.image(index).save(tmp, format="JPEG", quality=90)
+            picture = self.image(index)
+            picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            picture.save(tmp, format="JPEG", quality=90)
             os.replace(tmp, path)
         return str(path)
 

@@ -171,4 +171,21 @@ def models_with_head(task: str) -> list[str]:
     return [name for name, spec in SPECS.items() if task in spec.task_heads]
 
 
-__all__ = ["SPECS", "ModelSpec", "get_spec", "models_with_head", "task_head"]
+def load_pretrained(auto_class, name_or_path, *, trust_remote_code: bool = False, **kwargs):
+    """``auto_class.from_pretrained(name_or_path, ...)`` that runs no code from the folder unless asked: the package's
+    model types load with its own classes (registered with the Auto classes on import); any other `model_type` needs
+    ``trust_remote_code=True`` (the scripts' ``--trust_remote_code``), as transformers asks, and says so naming the
+    folder, instead of prompting on a terminal."""
+    try:
+        return auto_class.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as err:
+        if trust_remote_code or "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(
+            f"{name_or_path} is not one of this package's model types ({', '.join(SPECS)}, fashion_decap): loading "
+            "it would run the Python code in the folder. Pass --trust_remote_code (trust_remote_code=True) only if "
+            "you trust that code."
+        ) from None
+
+
+__all__ = ["SPECS", "ModelSpec", "get_spec", "load_pretrained", "models_with_head", "task_head"]

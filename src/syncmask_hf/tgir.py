@@ -124,21 +124,22 @@ class TGIRAdapter:
         return self.model.get_target_features(pixel_values)
 
 
-def load_tgir_model(folder: str | os.PathLike, head: str = "auto"):
+def load_tgir_model(folder: str | os.PathLike, head: str = "auto", trust_remote_code: bool = False):
     """(TGIR model, processor, head name) for a saved folder: ``"fusion"`` (SyncMask's TGIR head; auto for
     SyncMask) or ``"combiner"`` (`ComposedQueryModel` over `AutoModel`; auto for every other model; a combiner saved
-    in the folder by finetune_tgir.py is loaded)."""
+    in the folder by finetune_tgir.py is loaded). The folder's own code runs only with ``trust_remote_code``."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
-    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
-    from .specs import models_with_head, task_head
+    from .specs import load_pretrained, models_with_head, task_head
+
+    config = load_pretrained(AutoConfig, folder, trust_remote_code=trust_remote_code)
 
     fusion_head = task_head(config, "tgir")
     if head == "auto":
         head = "fusion" if fusion_head and not Path(folder, COMBINER_CONFIG).is_file() else "combiner"
     if head not in ("fusion", "combiner"):
         raise ValueError(f"TGIR head must be 'auto', 'fusion' or 'combiner', got {head!r}")
-    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    processor = load_pretrained(AutoProcessor, folder, trust_remote_code=trust_remote_code)
     if head == "fusion":
         if fusion_head is None:
             raise ValueError(
@@ -146,7 +147,7 @@ def load_tgir_model(folder: str | os.PathLike, head: str = "auto"):
                 f"{config.model_type}; use 'combiner'"
             )
         return fusion_head.from_pretrained(str(folder)), processor, head
-    base = AutoModel.from_pretrained(str(folder), trust_remote_code=True)
+    base = load_pretrained(AutoModel, folder, trust_remote_code=trust_remote_code)
     return ComposedQueryModel.from_folder(base, folder), processor, head
 
 

@@ -54,8 +54,8 @@ def resolve_config_path(model_name: str, config: str | None = None) -> Path:
 class TrainingBuffers:
     """Checkpointable view of a model's non-persistent buffers (feature queues and their pointers).
 
-    `save_pretrained` rightly leaves these out of the published weights, but an exact resume needs them, so the
-    script registers this object with `Accelerator.register_for_checkpointing`.
+    `save_pretrained` rightly leaves these out of the published weights, but an exact resume needs them, so
+    `training_state` lists this object and `save_checkpoint` writes it (as safetensors, never a pickle).
     """
 
     def __init__(self, model: nn.Module):
@@ -113,6 +113,8 @@ class Progress:
         path = Path(folder, "progress.json")
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
             return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         except (OSError, ValueError, TypeError) as err:
             raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err})") from None
@@ -123,6 +125,70 @@ class CheckpointError(RuntimeError):
 
 
 _CKPT = re.compile(r"^step_(\d+)$")
+
+
+STATE_PREFIX = "state_"  # <prefix><name>.safetensors (tensors) / .json (everything else) in each checkpoint
+
+
+def training_state(model: nn.Module) -> dict:
+    """What an exact resume needs beyond the prepared model, optimizer and scheduler, by name: the non-persistent
+    buffers (feature queues) and, for FashionFAE, the task sampler. `save_checkpoint` writes these as safetensors /
+    JSON: Accelerate's `register_for_checkpointing` would pickle them and unpickle them with `weights_only=False`,
+    which runs whatever code a crafted file holds."""
+    state = {"buffers": TrainingBuffers(model)}
+    if hasattr(model, "task_sampler"):
+        state["task_sampler"] = model.task_sampler
+    return state
+
+
+def save_training_state(folder: str | os.PathLike, state: dict | None) -> None:
+    """Each object's `state_dict()`: its tensors to ``state_<name>.safetensors``, the rest (numbers, strings, lists)
+    to ``state_<name>.json``. No pickle: loading either file runs no code."""
+    from safetensors.torch import save_file
+
+    for name, obj in (state or {}).items():
+        values = obj.state_dict()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in values.items() if isinstance(v, torch.Tensor)}
+        rest = {k: v for k, v in values.items() if not isinstance(v, torch.Tensor)}
+        if tensors:
+            save_file(tensors, str(Path(folder, f"{STATE_PREFIX}{name}.safetensors")))
+        if rest:
+            try:
+                text = json.dumps(rest)
+            except TypeError as err:
+                raise TypeError(f"training state {name!r} ({type(obj).__name__}) is not JSON: {err}") from None
+            Path(folder, f"{STATE_PREFIX}{name}.json").write_text(text)
+
+
+def load_training_state(folder: str | os.PathLike, state: dict | None) -> None:
+    """Load what `save_training_state` wrote into each object of `state`. A checkpoint of an earlier version kept it
+    in Accelerate's ``custom_checkpoint_<i>.pkl`` (in `state`'s order): such a file is read with torch's
+    `weights_only` unpickler, which builds tensors and plain values only and refuses anything else, named."""
+    from safetensors.torch import load_file
+
+    for index, (name, obj) in enumerate((state or {}).items()):
+        tensors_path = Path(folder, f"{STATE_PREFIX}{name}.safetensors")
+        json_path = Path(folder, f"{STATE_PREFIX}{name}.json")
+        legacy = Path(folder, f"custom_checkpoint_{index}.pkl")
+        if tensors_path.exists() or json_path.exists():
+            values = load_file(str(tensors_path)) if tensors_path.exists() else {}
+            if json_path.exists():
+                values.update(json.loads(json_path.read_text()))
+        elif legacy.exists():
+            try:
+                values = torch.load(legacy, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001  (UnpicklingError, or a damaged zip)
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                raise CheckpointError(
+                    f"{legacy} was not loaded: it holds more than tensors and plain values, which could run code "
+                    f"when unpickled ({first}). Resume from a checkpoint written by this version, or start afresh"
+                ) from None
+        else:
+            raise CheckpointError(
+                f"checkpoint {folder} lacks the training state {name!r} ({tensors_path.name} / {json_path.name}); "
+                "was it written by another model or script?"
+            )
+        obj.load_state_dict(values)
 
 
 def _step_dirs(output_dir: str | os.PathLike) -> list[Path]:
@@ -439,13 +505,16 @@ def load_catalog_splits(
     return product_disjoint_split(catalog, test_size=test_size, val_size=val_size, seed=seed)
 
 
-def load_model_folder(folder: str | os.PathLike, model_class=None, **kwargs):
+def load_model_folder(folder: str | os.PathLike, model_class=None, trust_remote_code: bool = False, **kwargs):
     """(model, processor) from a folder written by pretrain.py / a fine-tuning script (or a Hub id).
 
-    Default class: `AutoModel` with ``trust_remote_code=True`` (any of the package's models, with or without the
-    package installed); pass e.g. `SyncMaskForTextGuidedImageRetrieval` for a task head on the same encoders.
+    Default class: `AutoModel` (any of the package's models, with its own classes); pass e.g.
+    `SyncMaskForTextGuidedImageRetrieval` for a task head on the same encoders. Another `model_type` runs the
+    folder's code, so it loads only with ``trust_remote_code=True`` (`specs.load_pretrained`).
     """
     from transformers import AutoModel, AutoProcessor
+
+    from .specs import load_pretrained
 
     path = Path(folder)
     if not path.exists() and str(folder).startswith((".", "/")):
@@ -455,10 +524,10 @@ def load_model_folder(folder: str | os.PathLike, model_class=None, **kwargs):
             f"{folder} has no config.json: pass a folder written by save_pretrained (e.g. <output_dir>/final)"
         )
     if model_class is None:
-        model = AutoModel.from_pretrained(str(folder), trust_remote_code=True, **kwargs)
+        model = load_pretrained(AutoModel, folder, trust_remote_code=trust_remote_code, **kwargs)
     else:
         model = model_class.from_pretrained(str(folder), **kwargs)
-    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    processor = load_pretrained(AutoProcessor, folder, trust_remote_code=trust_remote_code)
     return model, processor
 
 
@@ -491,14 +560,17 @@ def report_to_backend(report_to: str | None) -> str | None:
     return None if report_to in (None, "none") else report_to
 
 
-def save_checkpoint(accelerator, output_dir, progress: Progress, keep: int, collator=None) -> Path:
-    """`Accelerator.save_state` into ``output_dir/checkpoints/step_N``, then progress.json with the checksum of every
+def save_checkpoint(accelerator, output_dir, progress: Progress, keep: int, collator=None, state=None) -> Path:
+    """`Accelerator.save_state` into ``output_dir/checkpoints/step_N`` and the `training_state` objects of `state`
+    (`save_training_state`, main process: they are equal on every rank), then progress.json with the checksum of every
     file (written last and atomically: it marks the checkpoint complete), then prune to the newest ``keep`` and
     remove incomplete folders. A failed save (a full disk) removes its partial folder and raises an `OSError` that
     names the path; earlier checkpoints are untouched."""
     folder = Path(output_dir, "checkpoints", f"step_{progress.global_step}")
     try:
         accelerator.save_state(str(folder))
+        if accelerator.is_main_process:
+            save_training_state(folder, state)
         accelerator.wait_for_everyone()  # every rank's files (its RNG state) are on disk before the checksums
         if accelerator.is_main_process:
             progress.skipped_items = int(getattr(collator, "num_skipped", 0))
@@ -634,9 +706,20 @@ def retrieval_summary_table(results: dict, title: str | None = None) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # The fine-tuning scripts' shared command line and loop (pretrain.py keeps its own loop: E2 stages, samplers)
 # ----------------------------------------------------------------------------------------------------------------
+def add_trust_remote_code_argument(parser) -> None:
+    """``--trust_remote_code``, as transformers' scripts: off, a model folder of another type is refused, not run."""
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="let a model folder / Hub repo of a type this package does not know run its own Python code "
+        "(the package's own types never need it)",
+    )
+
+
 def add_training_arguments(parser, output_dir: str, learning_rate: float = 2e-5, num_epochs: int = 3) -> None:
     """The command-line options every fine-tuning script shares (same names and meaning as pretrain.py's)."""
     parser.add_argument("--model_path", required=True, help="a folder written by save_pretrained (or a Hub id)")
+    add_trust_remote_code_argument(parser)
     parser.add_argument(
         "--dataset",
         action="append",
@@ -747,10 +830,9 @@ def random_batch_loader(dataset, collator, args, accelerator, epoch: int, batch_
     )
 
 
-def resume_progress(accelerator, args, logger=None) -> Progress:
+def resume_progress(accelerator, args, logger=None, state=None) -> Progress:
     """Load the checkpoint ``args.resume_from_checkpoint`` names ('latest' or a folder; None: start fresh) into the
-    prepared objects and return where that run stood. Register extra state with
-    ``accelerator.register_for_checkpointing`` before calling."""
+    prepared objects and the `training_state` objects of `state`, and return where that run stood."""
     progress = Progress()
     if not getattr(args, "resume_from_checkpoint", None):
         return progress
@@ -768,7 +850,10 @@ def resume_progress(accelerator, args, logger=None) -> Progress:
             hint = f" (the newest earlier one: {earlier[-1]})" if earlier else " (there is no earlier one)"
             raise CheckpointError(f"{err}{hint}") from None
         try:
-            accelerator.load_state(str(ckpt))
+            _load_accelerate_state(accelerator, ckpt)
+            load_training_state(ckpt, state)
+        except CheckpointError:
+            raise
         except Exception as err:  # noqa: BLE001  (safetensors, pickle, zip: every reader has its own error)
             first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             if _is_shape_mismatch(err):
@@ -793,6 +878,23 @@ def resume_progress(accelerator, args, logger=None) -> Progress:
     elif accelerator.is_main_process:
         print(message)
     return progress
+
+
+def _load_accelerate_state(accelerator, ckpt: Path) -> None:
+    """`Accelerator.load_state`, except for an earlier version's ``custom_checkpoint_<i>.pkl`` (which Accelerate
+    would unpickle with `weights_only=False`; `load_training_state` reads those safely): Accelerate then loads from
+    a temporary folder of links to the other files."""
+    legacy = sorted(ckpt.glob("custom_checkpoint_*.pkl"))
+    if not legacy:
+        accelerator.load_state(str(ckpt))
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="resume-") as tmp:
+        for path in ckpt.iterdir():
+            if path not in legacy:
+                Path(tmp, path.name).symlink_to(path.resolve())
+        accelerator.load_state(tmp)
 
 
 def _is_shape_mismatch(err: Exception) -> bool:
@@ -838,6 +940,7 @@ def run_training_loop(
     budget: TimeBudget | None = None,
     logger=None,
     show_progress: bool = True,
+    state: dict | None = None,
 ) -> Progress:
     """The one Accelerate training loop, of `pretrain.py` and every fine-tuning script: resume
     (``args.resume_from_checkpoint``: 'latest' or a folder, also mid-epoch), gradient accumulation, clipping, tracker
@@ -850,8 +953,8 @@ def run_training_loop(
     ``after_step`` (one or a list) run after every optimizer step, in order (a momentum teacher's EMA, a stage
     switch, a periodic evaluation); ``after_epoch`` after every full epoch. ``progress``: where a resumed run stands
     (default: `resume_progress`); ``budget``: a `TimeBudget` whose schedule follows the training time;
-    ``show_progress``: the tqdm bar (main process only). Register
-    extra state with ``accelerator.register_for_checkpointing`` before calling. Returns the final `Progress`.
+    ``show_progress``: the tqdm bar (main process only); ``state``: what else an exact resume needs, by name
+    (`training_state`), saved in every checkpoint as safetensors / JSON. Returns the final `Progress`.
     """
     import math
     import time
@@ -859,7 +962,7 @@ def run_training_loop(
     from tqdm.auto import tqdm
 
     if progress is None:
-        progress = resume_progress(accelerator, args, logger)
+        progress = resume_progress(accelerator, args, logger, state)
     after_step, after_epoch = _as_hooks(after_step), _as_hooks(after_epoch)
     limit = 60 * args.max_train_minutes if getattr(args, "max_train_minutes", None) else math.inf
     if budget is not None:
@@ -912,7 +1015,7 @@ def run_training_loop(
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.3f}")
             if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
-                save_checkpoint(accelerator, args.output_dir, progress, args.keep_checkpoints, collator)
+                save_checkpoint(accelerator, args.output_dir, progress, args.keep_checkpoints, collator, state)
             if progress.global_step >= total_steps or progress.train_seconds > limit:
                 done = True
                 break

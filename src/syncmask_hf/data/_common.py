@@ -81,12 +81,34 @@ class Utf8Lines:
                     bad_item(self.report, self.skip_bad, where, "bad_encoding", problem)
 
 
-def check_image(path: str, verify: bool) -> tuple[str, str] | None:
+def outside_root(path: str, roots) -> str | None:
+    """A message when ``path`` (symbolic links followed) lies outside every folder of ``roots``, else None. A
+    catalogue names files inside its own folder; ``../x.jpg``, an absolute path or a link out of it would make the
+    loader (and the demo, which serves what it indexes) read any file on the machine."""
+    real = os.path.realpath(path)
+    roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+    for root in roots:
+        top = os.path.realpath(root)
+        if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+            return None
+    where = " or ".join(str(r) for r in roots) or "the catalogue's folder"
+    return (
+        f"image path {path} lies outside {where}; move the file into the catalogue, or pass allow_outside_root=True "
+        "if the catalogue is yours"
+    )
+
+
+def check_image(path: str, verify: bool, root: str | None = None) -> tuple[str, str] | None:
     """``None`` when the image file is usable, else ``(kind, message)`` naming the problem and the fix.
 
-    Existence is always checked (one stat per item); with ``verify`` the file is also opened and its encoded data
-    checked by PIL (catches truncated / corrupt files at load time rather than in the middle of training).
+    With ``root``, a path outside it (`outside_root`) is ``outside_root``, before anything is opened. Existence is
+    always checked (one stat per item); with ``verify`` the file is also opened and its encoded data checked by
+    PIL (catches truncated / corrupt files at load time rather than in the middle of training).
     """
+    if root is not None:
+        problem = outside_root(path, root)
+        if problem:
+            return "outside_root", problem
     if not os.path.isfile(path):
         return "missing_image", f"image file {path} does not exist; restore it or remove the row"
     if verify:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 import datasets
 
-from ._common import Utf8Lines, bad_item, check_image, clean, normalize_gender
+from ._common import Utf8Lines, bad_item, check_image, clean, normalize_gender, outside_root
 from .fashiongen import load_fashiongen
 from .kaggle import load_hm, load_myntra
 from .schema import CATALOG_COLUMNS, CATALOG_FEATURES, STRING_COLUMNS, BadItemError, LoadReport, empty_row
@@ -67,7 +67,7 @@ SOURCE_KWARGS: dict[str, tuple[str, ...] | None] = {
     "hm": (),
     "myntra": (),
     "fashiongen": ("text_field", "chunk_size", "num_proc", "png_compress_level"),
-    "folder": ("columns",),
+    "folder": ("columns", "allow_outside_root"),
     "hub": None,
     "synthetic": ("num_items", "seed", "image_size", "max_views"),
 }
@@ -159,10 +159,19 @@ def load_catalog(
         ds = load_fashiongen(location, split, streaming=streaming, cache_dir=cache_dir, report=report, **kwargs)
     elif kind == "folder":
         ds = load_folder(
-            location, split, columns=columns, skip_bad=skip_bad, verify_images=verify_images, report=report
+            location, split, columns=columns, skip_bad=skip_bad, verify_images=verify_images, report=report, **kwargs
         )
     elif kind == "hub":
-        ds = load_hub(location, split, columns=columns, streaming=streaming, cache_dir=cache_dir, **kwargs)
+        ds = load_hub(
+            location,
+            split,
+            columns=columns,
+            streaming=streaming,
+            cache_dir=cache_dir,
+            skip_bad=skip_bad,
+            report=report,
+            **kwargs,
+        )
     else:
         opts = {**parse_synthetic_spec(location), **kwargs}
         ds = load_synthetic(**opts, streaming=streaming)
@@ -243,6 +252,7 @@ def load_folder(
     skip_bad: bool = False,
     verify_images: bool = False,
     report: LoadReport | None = None,
+    allow_outside_root: bool = False,
 ) -> datasets.Dataset:
     """An image folder in the `datasets` imagefolder convention: ``metadata.jsonl`` or ``metadata.csv`` with a
     ``file_name`` column (path relative to the metadata file) and the other columns as attributes.
@@ -251,7 +261,9 @@ def load_folder(
     ``columns={"text": "caption", "product_id": "sku"}`` maps others (schema name -> source column; ``"image"``
     maps the file-name column). item_id defaults to the file name, product_id to item_id (each image its own
     product). A file without text raises, naming the columns it has. Missing (or corrupt, with ``verify_images``)
-    images and unreadable lines raise `BadItemError` or are skipped and counted with ``skip_bad=True``.
+    images and unreadable lines raise `BadItemError` or are skipped and counted with ``skip_bad=True``; so are
+    file names that lead outside ``root`` (``../x.jpg``, an absolute path, a link out of it) unless
+    ``allow_outside_root=True``.
     """
     columns = _check_columns(columns)
     report = report if report is not None else LoadReport(f"folder:{root}")
@@ -279,7 +291,7 @@ def load_folder(
                 f"{item}: no text column {text_col!r} (columns: {sorted(rec)}); pass columns={{'text': '<column>'}}"
             )
         img = os.path.join(folder, clean(rec[file_col]))
-        problem = check_image(img, verify_images)
+        problem = check_image(img, verify_images, None if allow_outside_root else root)
         if problem:
             bad_item(report, skip_bad, f"{item} ({rec[file_col]})", *problem)
             continue
@@ -300,6 +312,9 @@ def load_hub(
     columns: dict[str, str] | None = None,
     streaming: bool = False,
     cache_dir: str | None = None,
+    skip_bad: bool = False,
+    report: LoadReport | None = None,
+    allow_outside_root: bool = False,
     **load_kwargs,
 ):
     """Any `datasets.load_dataset` path (a Hub id such as ``owner/name``, or a local folder / script) mapped into
@@ -309,6 +324,9 @@ def load_hub(
     columns the dataset lacks become "", product_id defaults to item_id and item_id to ``<split>-<row index>``.
     `datasets.ClassLabel` columns give their label names (``features[col].int2str``), not the integer codes.
     Images stay undecoded during the mapping (no pixel work at load time). ``split`` defaults to "train".
+    A row whose image is a local file path (no bytes) must lie inside the dataset's local folder (``name`` or
+    ``data_dir``, the folders of local ``data_files``) or the datasets / Hub caches: another path is a bad item (`BadItemError`, or skipped and counted
+    with ``skip_bad=True``) unless ``allow_outside_root=True``.
     """
     columns = _check_columns(columns)
     split = split or "train"
@@ -328,18 +346,56 @@ def load_hub(
     ds = ds.cast_column(image_col, datasets.Image(decode=False))
     class_labels = {c: f for c, f in (features or {}).items() if isinstance(f, datasets.ClassLabel)}
 
+    roots = None if allow_outside_root else _hub_roots(name, cache_dir, load_kwargs)
+
     def to_schema(rec, idx):
         row = _map_record(rec, columns, name, class_labels)
         row["item_id"] = row["item_id"] or f"{split}-{idx}"
         row["product_id"] = row["product_id"] or row["item_id"]
-        row["image"] = rec[image_col]
+        image, row[OUTSIDE] = rec[image_col], ""
+        if roots is not None and image and image.get("bytes") is None and image.get("path"):
+            problem = outside_root(image["path"], roots)
+            if problem and not skip_bad:
+                raise BadItemError(f"{name} row {idx}: {problem} (or pass skip_bad=True to skip such rows)")
+            if problem:  # dropped below and counted
+                image, row[OUTSIDE] = None, problem
+        row["image"] = image
         return row
 
     if isinstance(ds, datasets.IterableDataset):
         # (datasets 5: an IterableDataset mapped with explicit features ignores a later Image re-cast and yields
-        # dicts, so map without features and cast the whole schema once.)
-        return ds.map(to_schema, with_indices=True, remove_columns=names).cast(CATALOG_FEATURES)
+        # dicts, so map without features and cast the whole schema once.) Rows outside the roots are dropped
+        # lazily, uncounted: a stream has no end to count at.
+        ds = ds.map(to_schema, with_indices=True, remove_columns=names)
+        ds = ds.filter(lambda row: not row[OUTSIDE]).remove_columns(OUTSIDE)
+        return ds.cast(CATALOG_FEATURES)
     out_features = CATALOG_FEATURES.copy()
     out_features["image"] = datasets.Image(decode=False)
+    out_features[OUTSIDE] = datasets.Value("string")
     ds = ds.map(to_schema, with_indices=True, remove_columns=names, features=out_features)
-    return ds.cast_column("image", datasets.Image())
+    outside = [(i, problem) for i, problem in enumerate(ds[OUTSIDE]) if problem]
+    if outside:
+        for i, problem in outside:
+            if report is not None:
+                report.skip(f"{name} row {i}", "outside_root", problem)
+        keep = sorted(set(range(len(ds))) - {i for i, _ in outside})
+        ds = ds.select(keep)
+    return ds.remove_columns(OUTSIDE).cast_column("image", datasets.Image())
+
+
+OUTSIDE = "_outside_root"  # load_hub's temporary column: why a row's local image path was refused
+
+
+def _hub_roots(name: str, cache_dir: str | None, load_kwargs: dict) -> list[str]:
+    """Where a `load_hub` row's local image file may lie: the dataset's own local folder (``name``, ``data_dir``
+    or the folders of local ``data_files``) and the caches `datasets` and the Hub download into."""
+    from huggingface_hub import constants
+
+    files = load_kwargs.get("data_files") or []
+    if isinstance(files, dict):
+        files = [f for value in files.values() for f in ([value] if isinstance(value, str) else value)]
+    elif isinstance(files, (str, os.PathLike)):
+        files = [files]
+    folders = [os.path.dirname(os.path.abspath(f)) for f in files if os.path.isfile(f)]
+    roots = [p for p in (name, load_kwargs.get("data_dir")) if p and os.path.isdir(p)] + folders
+    return roots + [cache_dir or datasets.config.HF_DATASETS_CACHE, constants.HF_HUB_CACHE]

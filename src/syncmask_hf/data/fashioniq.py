@@ -55,6 +55,12 @@ def _image_path(image_dir: str, image_id: str) -> str:
     return os.path.join(image_dir, f"{image_id}.jpg")
 
 
+def _not_a_file_name(image_id) -> bool:
+    """An id that would lead out of image_dir (``../x``, ``a/b``, an absolute path): FashionIQ ids are Amazon ASINs."""
+    text = str(image_id)
+    return text in ("", ".", "..") or "/" in text or "\\" in text or os.path.basename(text) != text
+
+
 def load_fashioniq(
     root: str,
     category: str,
@@ -139,6 +145,9 @@ def _triplet_problem(t, needs_target: bool) -> str | None:
         return f"no candidate id (candidate={t.get('candidate')!r})"
     if needs_target and (not t.get("target") or not isinstance(t["target"], (str, int))):
         return f"no target id (target={t.get('target')!r})"
+    for key in ("candidate", "target"):
+        if t.get(key) and _not_a_file_name(t[key]):
+            return f"{key} id {t[key]!r} is not a file name (it would lead out of image_dir)"
     caps = t.get("captions")
     if not isinstance(caps, list) or len(caps) != 2 or not all(isinstance(c, str) for c in caps):
         return f"captions must be a list of two strings, got {caps!r:.80}"
@@ -164,7 +173,9 @@ def load_fashioniq_gallery(
     report = LoadReport(f"fashioniq-gallery:{root}:{category}.{s}", rows_read=len(ids))
     kept = []
     for x in ids:
-        if os.path.isfile(_image_path(image_dir, x)):
+        if _not_a_file_name(x):
+            report.skip(x, "bad_row", f"image id {x!r} is not a file name (it would lead out of image_dir)")
+        elif os.path.isfile(_image_path(image_dir, x)):
             kept.append(x)
         else:
             report.skip(x, "missing_image", f"{_image_path(image_dir, x)} not found")

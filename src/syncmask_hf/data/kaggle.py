@@ -96,7 +96,7 @@ def load_hm(
             continue
         aid = aid.zfill(10)
         img = os.path.join(root, "images", aid[:3], f"{aid}.jpg")
-        problem = check_image(img, verify_images)
+        problem = check_image(img, verify_images, root)
         if problem:
             bad_item(report, skip_bad, item, *problem)
             continue
@@ -213,7 +213,7 @@ def load_myntra(
             bad_item(report, skip_bad, item, "bad_row", "non-numeric id")
             continue
         img = os.path.join(root, "images", f"{sid}.jpg")
-        problem = check_image(img, verify_images)
+        problem = check_image(img, verify_images, root)
         if problem:
             bad_item(report, skip_bad, item, *problem)
             continue

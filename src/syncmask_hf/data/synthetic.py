@@ -357,6 +357,10 @@ def _gen(num_items: int, seed: int, image_size: int, max_views: int):
     yield from _rows(synthetic_products(num_items, seed, max_views), image_size, seed, encode=False)
 
 
+SYNTHETIC_MAX_SIZE = 1024  # px a side
+SYNTHETIC_MAX_ITEMS = 1_000_000  # rows (about 5 GB of PNGs at 96 px held in memory without streaming)
+
+
 def load_synthetic(
     num_items: int = 2000, seed: int = 0, image_size: int = 96, max_views: int = 3, *, streaming: bool = False
 ):
@@ -366,8 +370,14 @@ def load_synthetic(
     item_id ``<product_id>-<view>``. ``streaming=False`` draws and PNG-encodes every image in memory (~1 ms per
     item at 96 px); ``streaming=True`` returns an `IterableDataset` that draws each image when it is read.
     """
-    if image_size < 16:
-        raise ValueError(f"image_size must be >= 16 px, got {image_size}")
+    # Caps, so that a typo (synthetic:1?size=100000 once asked for 24 GB) fails at once instead of filling memory.
+    for name, value, low, high in (
+        ("image_size", image_size, 16, SYNTHETIC_MAX_SIZE),
+        ("num_items", num_items, 1, SYNTHETIC_MAX_ITEMS),
+        ("max_views", max_views, 1, 10),
+    ):
+        if not low <= value <= high:
+            raise ValueError(f"synthetic catalogue: {name} must be between {low:,} and {high:,}, got {value:,}")
     if streaming:
         return datasets.IterableDataset.from_generator(
             _gen,

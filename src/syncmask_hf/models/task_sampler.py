@@ -37,12 +37,15 @@ class FashionFAETaskSampler:
     __call__ = sample
 
     def state_dict(self) -> dict:
-        """Generator state, to resume a run with the same task sequence."""
-        return {"seed": self.seed, "rng_state": self._rng.getstate()}
+        """Generator state, to resume a run with the same task sequence (lists and numbers: checkpoints keep it as
+        JSON, never a pickle)."""
+        version, internal, gauss = self._rng.getstate()
+        return {"seed": self.seed, "rng_state": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.seed = state["seed"]
-        self._rng.setstate(state["rng_state"])
+        version, internal, gauss = state["rng_state"]
+        self.seed = int(state["seed"])
+        self._rng.setstate((int(version), tuple(int(x) for x in internal), gauss))
 
     def __repr__(self) -> str:
         probs = ", ".join(f"{t}={p:g}" for t, p in zip(self.tasks, self.weights))
