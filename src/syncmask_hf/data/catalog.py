@@ -325,10 +325,11 @@ def load_hub(
     `datasets.ClassLabel` columns give their label names (``features[col].int2str``), not the integer codes.
     Images stay undecoded during the mapping (no pixel work at load time). ``split`` defaults to "train".
     A row whose image is a local file path (no bytes) must lie inside the dataset's local folder (``name`` or
-    ``data_dir``, the folders of local ``data_files``) or the datasets / Hub caches: another path is a bad item (`BadItemError`, or skipped and counted
-    with ``skip_bad=True``) unless ``allow_outside_root=True``.
+    ``data_dir``, the folders of local ``data_files``) or the datasets / Hub caches: another path is a bad item
+    (`BadItemError`, or skipped and counted with ``skip_bad=True``) unless ``allow_outside_root=True``.
     """
     columns = _check_columns(columns)
+    report = report if report is not None else LoadReport(f"hub:{name}")
     split = split or "train"
     ds = datasets.load_dataset(name, split=split, streaming=streaming, cache_dir=cache_dir, **load_kwargs)
     names = list(ds.column_names or (ds.features or {}).keys())
@@ -373,13 +374,12 @@ def load_hub(
     out_features["image"] = datasets.Image(decode=False)
     out_features[OUTSIDE] = datasets.Value("string")
     ds = ds.map(to_schema, with_indices=True, remove_columns=names, features=out_features)
-    outside = [(i, problem) for i, problem in enumerate(ds[OUTSIDE]) if problem]
-    if outside:
-        for i, problem in outside:
-            if report is not None:
+    problems = ds[OUTSIDE]
+    if any(problems):
+        for i, problem in enumerate(problems):
+            if problem:
                 report.skip(f"{name} row {i}", "outside_root", problem)
-        keep = sorted(set(range(len(ds))) - {i for i, _ in outside})
-        ds = ds.select(keep)
+        ds = ds.select([i for i, problem in enumerate(problems) if not problem])
     return ds.remove_columns(OUTSIDE).cast_column("image", datasets.Image())
 
 
