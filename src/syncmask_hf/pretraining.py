@@ -269,6 +269,8 @@ def pretrain(args):
             metrics.update({f"val/{k}": v for k, v in val.get("spread", {}).items() if v is not None})
             warn_if_collapsed(val, f"step {progress.global_step}")
             accelerator.log(metrics, step=progress.global_step)
+            if accelerator.is_main_process:
+                append_eval_history(args.output_dir, progress.global_step, val)
             logger.info(
                 f"step {progress.global_step}: validation "
                 + ", ".join(f"{k[4:]} {v:.2f}" for k, v in metrics.items()),
@@ -367,6 +369,38 @@ def warn_if_collapsed(results: dict, where: str, bound: float = 0.95) -> None:
             "and sampler",
             main_process_only=True,
         )
+
+
+EVAL_HISTORY = "eval_history.jsonl"
+
+
+def append_eval_history(output_dir, step: int, results: dict) -> None:
+    """One JSON line per periodic validation in `<output_dir>/eval_history.jsonl` (step, recall per protocol,
+    spread), readable without TensorBoard: the learning curves of examples/ablations/ are drawn from it. A resumed
+    run appends again from its checkpoint's step; readers keep the last line of each step."""
+    row = {"step": int(step)}
+    for name in ("full", "sample100", "spread", "chance"):
+        if name in results:
+            row[name] = {k: v for k, v in results[name].items() if isinstance(v, (int, float))}
+    path = Path(output_dir, EVAL_HISTORY)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_eval_history(output_dir) -> list[dict]:
+    """The rows of `append_eval_history`, one per step (the last written wins, as after a resume), by step."""
+    path = Path(output_dir, EVAL_HISTORY)
+    rows = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows[row["step"]] = row
+    return [rows[s] for s in sorted(rows)]
 
 
 def summary_table(results: dict) -> str:

@@ -676,6 +676,9 @@ def evaluate_retrieval(
     results["chance"] = {
         "full_R@1": round(100.0 / num_products, 2),
         "sample100_R@1": round(100.0 / (num_negatives + 1), 2),
+        # R@10 of a random ranking: a query's products (one here) among num_products ranked at random.
+        "full_R@10": round(min(100.0, 1000.0 / num_products), 2),
+        "sample100_R@10": round(min(100.0, 1000.0 / (num_negatives + 1)), 2),
     }
     results["items"] = {"pairs": len(embeddings), "skipped_images": skipped_images, "excluded": excluded}
     return results

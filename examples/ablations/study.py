@@ -1,0 +1,168 @@
+"""The ablations the three papers report, as arms of `examples/pretrain.py` runs at equal budgets in optimizer steps.
+
+Each `Ablation` names the paper's claim, its arms (pretrain.py arguments beyond the common ones) and the pairs of
+arms whose paired difference (method minus baseline, same seeds) is the paper's ablation. Each `Start` is one
+starting point: from scratch, or the closest offline proxy of the paper's pretrained encoders. Runs with the same
+command (an arm shared by two ablations) are trained once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+CLIP_FT = {"use_selection_tokens": False, "use_fusion_blocks": False, "use_regional_loss": False}
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    args: tuple[str, ...] = ()
+    # Evaluation-only arms read another table of examples/evaluate.py's results over the same trained model
+    # (e.g. "full_itm": the ITM re-ranked rows); None = the held-out test results pretrain.py wrote.
+    evaluate_args: tuple[str, ...] | None = None
+    table: str = "full"
+
+
+@dataclass(frozen=True)
+class Start:
+    name: str
+    args: tuple[str, ...] = ()
+    differs: str = ""  # how this start differs from the paper's, for RESULTS.md
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    paper: str
+    model: str
+    config: str
+    steps: int
+    claim: str  # the paper's direction: the first arm of each comparison beats the second
+    arms: tuple[Arm, ...]
+    comparisons: tuple[tuple[str, str], ...]  # (method arm, baseline arm)
+    starts: tuple[Start, ...] = (Start("scratch", (), "both towers from random initialisation"),)
+    eval_every: int = 0  # 0: steps // 5
+    batch_size: int = 32
+    common: tuple[str, ...] = field(default_factory=tuple)
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+
+def override(fields: dict) -> tuple[str, str]:
+    return ("--config_override", json.dumps(fields, sort_keys=True))
+
+
+# The MiniLM proxy of SyncMask's and FashionFAE's BERT: real pretrained text weights (all-MiniLM-L6-v2, the preset's
+# depth filled from its first layers), the vision tower from scratch (no vision weights exist offline).
+MINILM = Start(
+    "minilm_text",
+    ("--text_pretrained", "minilm"),
+    "text tower from all-MiniLM-L6-v2 (the paper: BERT-base); vision tower from scratch (the paper: ImageNet ViT-B/16)",
+)
+
+ITM_EVAL = ("--tasks", "retrieval", "--rerank_k", "16")
+
+ABLATIONS: tuple[Ablation, ...] = (
+    Ablation(
+        name="syncmask_masking",
+        paper="SyncMask",
+        model="syncmask",
+        config="syncmask-tiny",
+        steps=600,
+        claim="masks synchronized from the teacher's cross-attention beat random masks at the same ratios",
+        arms=(Arm("synchronized"), Arm("random_masks", override({"masking_strategy": "random"}))),
+        comparisons=(("synchronized", "random_masks"),),
+    ),
+    Ablation(
+        name="syncmask_sampler",
+        paper="SyncMask",
+        model="syncmask",
+        config="syncmask-tiny",
+        steps=600,
+        # From scratch the grouped sampler follows one epoch of random batches (pretrain.py's curriculum): a
+        # random-init model collapses on batches of one sub-category.
+        claim="grouped semi-hard batches beat random batches",
+        # SyncMask's default sampler is that curriculum, so this arm is the same run as syncmask_masking's first.
+        arms=(Arm("semi_hard_grouped"), Arm("random_batches", ("--sampler", "random"))),
+        comparisons=(("semi_hard_grouped", "random_batches"),),
+    ),
+    Ablation(
+        name="syncmask_itm_rerank",
+        paper="SyncMask",
+        model="syncmask",
+        config="syncmask-tiny",
+        steps=600,
+        claim="re-ranking the top 16 by the ITM head beats ranking by ITC embeddings alone",
+        arms=(
+            # Both arms read one evaluate.py run over the models of syncmask_masking's first arm.
+            Arm("itm_rerank", evaluate_args=ITM_EVAL, table="full_itm"),
+            Arm("itc_only", evaluate_args=ITM_EVAL, table="full"),
+        ),
+        comparisons=(("itm_rerank", "itc_only"),),
+    ),
+    Ablation(
+        name="e2_components",
+        paper="E2",
+        model="e2",
+        config="e2-tiny",
+        steps=1500,
+        claim="selection tokens, fusion blocks and the regional loss each add to a CLIP fine-tuned alone (CLIP-FT)",
+        arms=(
+            Arm("e2_full"),
+            Arm("clip_ft", override({**CLIP_FT, "global_loss_weight": 1.0})),
+            Arm("no_selection_tokens", override({"use_selection_tokens": False})),
+            Arm("no_fusion_blocks", override({"use_fusion_blocks": False})),
+            Arm("no_regional_loss", override({"use_regional_loss": False, "global_loss_weight": 1.0})),
+        ),
+        comparisons=(
+            ("e2_full", "clip_ft"),
+            ("e2_full", "no_selection_tokens"),
+            ("e2_full", "no_fusion_blocks"),
+            ("e2_full", "no_regional_loss"),
+        ),
+    ),
+    Ablation(
+        name="e2_batch_size",
+        paper="E2",
+        model="e2",
+        config="e2-tiny",
+        steps=1500,
+        claim="E2's gain over CLIP-FT is larger at the smaller batch",
+        arms=(
+            Arm("e2_full_b16", ("--batch_size", "16")),
+            Arm("clip_ft_b16", ("--batch_size", "16", *override({**CLIP_FT, "global_loss_weight": 1.0}))),
+            # The batch of every other ablation: the same commands as e2_components' arms, so trained once.
+            Arm("e2_full_b32"),
+            Arm("clip_ft_b32", override({**CLIP_FT, "global_loss_weight": 1.0})),
+        ),
+        comparisons=(("e2_full_b16", "clip_ft_b16"), ("e2_full_b32", "clip_ft_b32")),
+    ),
+    Ablation(
+        name="fashionfae_objectives",
+        paper="FashionFAE",
+        model="fashionfae",
+        config="fashionfae-tiny",
+        steps=1500,
+        claim="AETP and APIR each beat plain MLM and MIM, and together most",
+        arms=(
+            Arm("aetp_apir"),
+            Arm("plain_mlm_mim", override({"aetp": False, "apir": False})),
+            Arm("aetp_only", override({"apir": False})),
+            Arm("apir_only", override({"aetp": False})),
+        ),
+        comparisons=(
+            ("aetp_apir", "plain_mlm_mim"),
+            ("aetp_only", "plain_mlm_mim"),
+            ("apir_only", "plain_mlm_mim"),
+        ),
+    ),
+)
+
+
+def get_ablation(name: str) -> Ablation:
+    for a in ABLATIONS:
+        if a.name == name:
+            return a
+    raise KeyError(f"no ablation {name!r}; known: {[a.name for a in ABLATIONS]}")

@@ -1,0 +1,142 @@
+"""The ablation harness (examples/ablations/): a smoke study of 2 arms x 2 seeds x 4 steps on the synthetic
+catalogue, its records, its resume, the reproducibility of a record's command, and the report's statistics."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATIONS = ROOT / "examples" / "ablations"
+sys.path.insert(0, str(ABLATIONS))
+
+run = importlib.import_module("run")
+report = importlib.import_module("report")
+study = importlib.import_module("study")
+
+SMOKE = ["--ablation", "e2_components", "--arm", "e2_full", "--arm", "clip_ft", "--seeds", "0", "1"]
+SMOKE += ["--dataset", "synthetic:200", "--steps", "4", "--eval_every", "2"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ablations")
+    argv = [*SMOKE, "--output_dir", str(tmp / "runs"), "--results", str(tmp / "results.json")]
+    assert run.main(argv) == 0
+    return tmp, argv
+
+
+@pytest.mark.slow
+def test_smoke_study_records_every_run(smoke):
+    tmp, _ = smoke
+    records = json.loads((tmp / "results.json").read_text())
+    assert sorted((r["arm"], r["seed"]) for r in records) == [
+        ("clip_ft", 0),
+        ("clip_ft", 1),
+        ("e2_full", 0),
+        ("e2_full", 1),
+    ]
+    for r in records:
+        assert r["ablation"] == "e2_components" and r["start"] == "scratch" and r["steps"] == 4
+        assert set(run.METRICS) <= set(r["metrics"]), r["metrics"]
+        assert 0 < r["metrics"]["chance_r10"] <= 100
+        assert f"--seed {r['seed']}" in r["command"] and "--max_steps 4" in r["command"]
+        # The periodic validation gave the learning curve.
+        assert [c["step"] for c in r["curve"]] == [2, 4]
+    # The arms differ by exactly the ablation's switches.
+    by_arm = {r["arm"]: r["command"] for r in records if r["seed"] == 0}
+    assert "use_selection_tokens" in by_arm["clip_ft"] and "--config_override" not in by_arm["e2_full"]
+    # The two seeds are two different runs (different split order and initialisation).
+    full = [r for r in records if r["arm"] == "e2_full"]
+    assert full[0]["metrics"] != full[1]["metrics"]
+
+
+@pytest.mark.slow
+def test_smoke_study_report_and_plot(smoke):
+    tmp, _ = smoke
+    text = (tmp / "RESULTS.md").read_text()
+    assert "| E2 | e2_components | scratch | 4 | e2_full | clip_ft | 2 |" in text
+    assert "**e2_full − clip_ft**" in text and "95% CI [" in text
+    assert "e2_full_b16" not in text  # only what ran is tabled; the rest is listed as not yet run
+    assert "Not yet run: " in text and "fashionfae_objectives" in text
+    pytest.importorskip("matplotlib")
+    png = tmp / "e2_components-scratch-synthetic-4.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({png.name})" in text
+
+
+@pytest.mark.slow
+def test_smoke_study_resumes_without_rerunning(smoke, capsys):
+    tmp, argv = smoke
+    before = (tmp / "results.json").read_text()
+    assert run.main(argv) == 0
+    assert "0 runs to do (4 recorded already)" in capsys.readouterr().out
+    assert (tmp / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_record_command_reproduces_its_metrics(smoke, tmp_path):
+    tmp, _ = smoke
+    record = json.loads((tmp / "results.json").read_text())[0]
+    cmd = shlex.split(record["command"])
+    cmd[cmd.index("--output_dir") + 1] = str(tmp_path / "rerun")
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**run.os.environ, "OMP_NUM_THREADS": "1"})
+    again = json.loads((tmp_path / "rerun" / "final" / "eval_results.json").read_text())
+    metrics = run.metrics_of(again, "full")
+    for k in ("full_sumr", "t2i_r10", "i2t_r10"):
+        assert metrics[k] == pytest.approx(record["metrics"][k], abs=1e-3), k
+
+
+def test_max_minutes_starts_nothing_after_the_budget(tmp_path, capsys):
+    argv = [
+        *SMOKE,
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "r.json"),
+        "--max_minutes",
+        "1e-9",
+    ]
+    assert run.main(argv) == 0
+    assert "0 runs recorded, 0 failed, 4 left for later" in capsys.readouterr().out
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_dry_run_lists_shared_runs_once_per_arm(tmp_path, capsys):
+    argv = ["--ablation", "syncmask_masking", "--ablation", "syncmask_sampler", "--seeds", "0", "--dry_run"]
+    assert run.main([*argv, "--results", str(tmp_path / "r.json")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "examples/pretrain.py" in line]
+    commands = {line.split(": ", 1)[1] for line in lines}
+    # synchronized (masking) and semi_hard_grouped (sampler) are one command: trained once, recorded twice.
+    assert len(lines) == 4 and len(commands) == 3
+
+
+def test_bootstrap_interval_and_verdicts():
+    assert report.verdict([1.0, 2.0, 3.0], report.bootstrap_ci([1.0, 2.0, 3.0])).startswith("holds")
+    assert report.verdict([-1.0, -2.0, -0.5], report.bootstrap_ci([-1.0, -2.0, -0.5])).startswith("does not hold")
+    assert report.verdict([-1.0, 2.0, 0.5], report.bootstrap_ci([-1.0, 2.0, 0.5])).startswith("within noise")
+    assert report.verdict([1.0], report.bootstrap_ci([1.0])).startswith("too few")
+    lo, hi = report.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+    # Seeded: the same differences give the same interval.
+    assert report.bootstrap_ci([0.3, -0.1, 0.7]) == report.bootstrap_ci([0.3, -0.1, 0.7])
+    assert np.isnan(report.bootstrap_ci([])[0])
+
+
+def test_study_covers_the_papers_ablations():
+    names = {a.name for a in study.ABLATIONS}
+    assert {"syncmask_masking", "syncmask_sampler", "syncmask_itm_rerank", "e2_components", "e2_batch_size"} <= names
+    assert "fashionfae_objectives" in names
+    for ab in study.ABLATIONS:
+        arms = {a.name for a in ab.arms}
+        assert ab.comparisons and all(m in arms and b in arms for m, b in ab.comparisons), ab.name
+        # Every arm is a different computation, except arms that read another table of one evaluation.
+        keys = {(a.args, a.evaluate_args, a.table) for a in ab.arms}
+        assert len(keys) == len(ab.arms), ab.name
