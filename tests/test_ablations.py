@@ -62,8 +62,8 @@ def test_smoke_study_records_every_run(smoke):
 def test_smoke_study_report_and_plot(smoke):
     tmp, _ = smoke
     text = (tmp / "RESULTS.md").read_text()
-    assert "| E2 | e2_components | scratch | 4 | e2_full | clip_ft | 2 |" in text
-    assert "**e2_full − clip_ft**" in text and "95% CI [" in text
+    assert "| E2 | e2_components | scratch | 4 | full SumR | e2_full | clip_ft | 2 |" in text
+    assert "**e2_full − clip_ft**, full SumR" in text and "95% CI [" in text
     assert "e2_full_b16" not in text  # only what ran is tabled; the rest is listed as not yet run
     assert "Not yet run: " in text and "fashionfae_objectives" in text
     pytest.importorskip("matplotlib")
@@ -140,3 +140,23 @@ def test_study_covers_the_papers_ablations():
         # Every arm is a different computation, except arms that read another table of one evaluation.
         keys = {(a.args, a.evaluate_args, a.table) for a in ab.arms}
         assert len(keys) == len(ab.arms), ab.name
+
+
+@pytest.mark.slow
+def test_captioning_arm_records_coco_caption_metrics(smoke, tmp_path):
+    """The captioning ablation reuses the trained encoders (same commands) and adds BLEU-4 / CIDEr-D / ROUGE-L."""
+    tmp, argv = smoke
+    argv = [*argv[argv.index("--seeds") :], "--ablation", "e2_captioning", "--caption_steps", "3"]
+    argv[argv.index("--results") + 1] = str(tmp_path / "results.json")
+    argv[argv.index("--seeds") + 1 : argv.index("--seeds") + 3] = ["0"]
+    assert run.main(argv) == 0
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["arm"] for r in records) == ["clip_ft", "e2_full"]
+    for r in records:
+        assert {"bleu4", "cider_d", "rouge_l"} <= set(r["metrics"]) and r["metrics"]["caption_images"] > 0
+        assert "examples/train_captioner.py" in r["command"] and "--max_steps 3" in r["command"]
+        # The encoder was not trained again: its folder is e2_components' (one pretrain.log, one run).
+        folder = Path(shlex.split(r["command"])[shlex.split(r["command"]).index("--output_dir") + 1])
+        assert (folder / "pretrain.log").read_text().count("model and processor saved") == 1
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| E2 | e2_captioning | scratch | 4 | CIDEr-D | e2_full | clip_ft | 1 |" in text and "CIDEr-D |" in text

@@ -582,3 +582,38 @@ def test_evaluator_shifted_text_model_has_known_recall():
         RetrievalEvaluator(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="unknown protocols"):
         evaluator.evaluate(batches, protocols=("fashioniq",))
+
+
+def test_caption_metrics_equal_the_coco_caption_toolkit():
+    """BLEU-1..4, CIDEr-D and ROUGE-L equal pycocoevalcap's scorers (the COCO caption toolkit the papers report) on
+    the same tokens, for unrelated captions (BLEU-3/4 at 0) and for near copies of a reference."""
+    pytest.importorskip("pycocoevalcap")
+    import random
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    from syncmask_hf.evaluation.caption_metrics import tokenize
+
+    rng = random.Random(0)
+    vocab = "a red black white striped cotton dress shirt jersey top with long short sleeves in soft denim".split()
+    refs = [
+        [" ".join(rng.choice(vocab) for _ in range(rng.randint(4, 14))) for _ in range(rng.randint(1, 3))]
+        for _ in range(150)
+    ]
+    unrelated = [" ".join(rng.choice(vocab) for _ in range(rng.randint(4, 12))) for _ in refs]
+    near = []
+    for rs in refs:
+        words = [w if rng.random() > 0.25 else rng.choice(vocab) for w in rs[0].split()]
+        near.append(" ".join(words[: rng.randint(3, len(words))]))
+    for hyps in (unrelated, near):
+        ours = caption_metrics(hyps, refs)
+        gts = {i: [" ".join(tokenize(r)) for r in rs] for i, rs in enumerate(refs)}
+        res = {i: [" ".join(tokenize(h))] for i, h in enumerate(hyps)}
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        for n in range(4):
+            assert ours[f"BLEU-{n + 1}"] == pytest.approx(100 * bleu[n], abs=0.02), n
+        assert ours["CIDEr-D"] == pytest.approx(100 * Cider().compute_score(gts, res)[0], abs=1e-6)
+        assert ours["ROUGE-L"] == pytest.approx(100 * Rouge().compute_score(gts, res)[0], abs=1e-6)
+    assert ours["BLEU-4"] > 10  # the near copies share 4-grams: the comparison is not only of zeros

@@ -67,6 +67,23 @@ def evaluate_command(pretrain: list[str], arm: Arm) -> list[str]:
     return [*cmd, *arm.evaluate_args, "--output_dir", str(out / f"evaluate-{suffix}")]
 
 
+def caption_command(pretrain: list[str], arm: Arm, caption_steps: int = 0) -> list[str]:
+    """examples/train_captioner.py over the run's final encoder, with the run's datasets and seed (its split)."""
+    out = Path(pretrain[pretrain.index("--output_dir") + 1])
+    cmd = ["python", "examples/train_captioner.py", "--model_path", str(out / "final")]
+    for i, a in enumerate(pretrain):
+        if a in ("--dataset", "--seed"):
+            cmd += [a, pretrain[i + 1]]
+    extra = list(arm.caption_args)
+    if caption_steps:  # a smoke run's override of the captioner's step budget
+        extra[extra.index("--max_steps") + 1] = str(caption_steps)
+    suffix = hashlib.sha1(shlex.join(extra).encode()).hexdigest()[:8]
+    return [*cmd, *extra, "--output_dir", str(out / f"captioner-{suffix}")]
+
+
+CAPTION_METRICS = {"BLEU-4": "bleu4", "CIDEr-D": "cider_d", "ROUGE-L": "rouge_l"}
+
+
 def metrics_of(results: dict, table: str) -> dict:
     """The record's metrics from a results JSON (pretrain.py's or evaluate.py's), from `table` ("full", "full_itm")
     and its sample-100 twin."""
@@ -146,22 +163,36 @@ class Study:
                 if rc != 0:
                     self.log(f"{label}: pretrain.py failed (exit {rc}); see {out / 'pretrain.log'}")
                     return None
-            results_file = out / "final" / "eval_results.json"
+            results_file, caption_file = out / "final" / "eval_results.json", None
             commands = [cmd]
-            if arm.evaluate_args is not None:
-                ev = evaluate_command(cmd, arm)
-                commands.append(ev)
-                ev_out = Path(ev[ev.index("--output_dir") + 1])
-                results_file = ev_out / "eval_results.json"
-                if not results_file.is_file():
-                    self.log(f"{label}: {shlex.join(ev)}")
-                    with open(out / "evaluate.log", "a") as log:
-                        rc = subprocess.run(ev, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            # Evaluation-only and captioning arms: one more command over the trained model, run once per folder.
+            for extra, name, made in (
+                (arm.evaluate_args, "evaluate", evaluate_command),
+                (arm.caption_args, "captioner", caption_command),
+            ):
+                if extra is None:
+                    continue
+                step = made(cmd, arm, args.caption_steps) if name == "captioner" else made(cmd, arm)
+                commands.append(step)
+                step_out = Path(step[step.index("--output_dir") + 1])
+                if name == "evaluate":
+                    results_file = target = step_out / "eval_results.json"
+                else:
+                    caption_file = target = step_out / "caption_results.json"
+                if not target.is_file():
+                    self.log(f"{label}: {shlex.join(step)}")
+                    with open(out / f"{name}.log", "a") as log:
+                        rc = subprocess.run(step, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
                     if rc != 0:
-                        self.log(f"{label}: evaluate.py failed (exit {rc}); see {out / 'evaluate.log'}")
+                        self.log(f"{label}: {step[1]} failed (exit {rc}); see {out / f'{name}.log'}")
                         return None
         trained = json.loads((out / "final" / "eval_results.json").read_text())
         results = json.loads(results_file.read_text())
+        metrics = metrics_of(results, arm.table)
+        if caption_file is not None:
+            captions = json.loads(caption_file.read_text())
+            metrics.update({key: captions["metrics"][name] for name, key in CAPTION_METRICS.items()})
+            metrics["caption_images"] = captions["metrics"]["num_images"]
         record = {
             "ablation": ab.name,
             "paper": ab.paper,
@@ -171,7 +202,7 @@ class Study:
             "steps": trained["training"]["steps"],
             "data": "+".join(d.split(":")[0] for d in (args.dataset or ["hm", "myntra"])),
             "command": " && ".join(shlex.join(c) for c in commands),
-            "metrics": {k: round(v, 4) for k, v in metrics_of(results, arm.table).items()},
+            "metrics": {k: round(v, 4) for k, v in metrics.items()},
             "curve": read_curve(out),
             "train_minutes": trained["training"].get("train_minutes"),
         }
@@ -216,6 +247,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--steps", type=int, default=0, help="override every ablation's step budget (smoke runs)")
     p.add_argument("--eval_every", type=int, default=0, help="validation every N steps (default steps / 5)")
+    p.add_argument("--caption_steps", type=int, default=0, help="override the captioners' step budget (smoke runs)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, the cores shared equally")
     p.add_argument("--max_minutes", type=float, default=0, help="start no new run after this much wall time")
     p.add_argument("--output_dir", default="outputs/ablations", help="the runs' folders (checkpoints, models)")
