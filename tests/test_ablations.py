@@ -21,7 +21,19 @@ run = importlib.import_module("run")
 report = importlib.import_module("report")
 study = importlib.import_module("study")
 
-SMOKE = ["--ablation", "e2_components", "--arm", "e2_full", "--arm", "clip_ft", "--seeds", "0", "1"]
+SMOKE = [
+    "--ablation",
+    "e2_components",
+    "--start",
+    "scratch",
+    "--arm",
+    "e2_full",
+    "--arm",
+    "clip_ft",
+    "--seeds",
+    "0",
+    "1",
+]
 SMOKE += ["--dataset", "synthetic:200", "--steps", "4", "--eval_every", "2"]
 
 
@@ -142,6 +154,22 @@ def test_study_covers_the_papers_ablations():
         assert len(keys) == len(ab.arms), ab.name
 
 
+def test_every_arm_override_is_a_valid_config():
+    """An arm whose --config_override its config refuses would fail at its first run (as E2's selection tokens
+    removed alone did: the fusion blocks and the regional loss need them)."""
+    from syncmask_hf import get_spec
+    from syncmask_hf.training import resolve_config_path
+
+    for ab in study.ABLATIONS:
+        config_class = get_spec(ab.model).config_class
+        base = config_class.from_json_file(str(resolve_config_path(ab.model, ab.config))).to_dict()
+        for arm in ab.arms:
+            if "--config_override" in arm.args:
+                fields = json.loads(arm.args[arm.args.index("--config_override") + 1])
+                config = config_class.from_dict({**base, **fields})
+                assert all(getattr(config, k) == v for k, v in fields.items()), (ab.name, arm.name)
+
+
 @pytest.mark.slow
 def test_captioning_arm_records_coco_caption_metrics(smoke, tmp_path):
     """The captioning ablation reuses the trained encoders (same commands) and adds BLEU-4 / CIDEr-D / ROUGE-L."""
@@ -160,3 +188,37 @@ def test_captioning_arm_records_coco_caption_metrics(smoke, tmp_path):
         assert (folder / "pretrain.log").read_text().count("model and processor saved") == 1
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| E2 | e2_captioning | scratch | 4 | CIDEr-D | e2_full | clip_ft | 1 |" in text and "CIDEr-D |" in text
+
+
+@pytest.mark.slow
+def test_adapted_clip_start_prepares_one_clip_and_adapts_it(tmp_path):
+    """E2's "adapt a pretrained CLIP" proxy: one CLIP-FT run made first (the prepare run), then each arm starts from
+    its CLIP part (`--vision_pretrained` an E2 folder); the record's command reproduces both steps."""
+    argv = [
+        "--ablation",
+        "e2_components",
+        "--start",
+        "clip_hm_to_myntra",
+        "--seeds",
+        "0",
+        "--dataset",
+        "synthetic:200",
+    ]
+    argv += ["--steps", "4", "--eval_every", "2", "--output_dir", str(tmp_path / "runs")]
+    assert run.main([*argv, "--results", str(tmp_path / "results.json")]) == 0
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["arm"] for r in records) == ["clip_ft", "e2_full"]  # the start's arms only
+    prepared = set()
+    for r in records:
+        prepare, adapt = r["command"].split(" && ")
+        assert "use_selection_tokens" in prepare and "--vision_pretrained" not in prepare
+        folder = shlex.split(prepare)[shlex.split(prepare).index("--output_dir") + 1]
+        assert f"--vision_pretrained {folder}/final" in adapt
+        prepared.add(folder)
+        config = json.loads(
+            (
+                Path(shlex.split(adapt)[shlex.split(adapt).index("--output_dir") + 1]) / "final" / "config.json"
+            ).read_text()
+        )
+        assert config["use_selection_tokens"] == (r["arm"] == "e2_full")
+    assert len(prepared) == 1  # one CLIP for every arm and seed

@@ -115,6 +115,26 @@ def test_from_clip_keeps_every_clip_weight(clip_dir):
     assert not torch.equal(random.visual_projection.weight, clip.visual_projection.weight)
 
 
+def test_to_clip_round_trips_and_an_e2_folder_adapts_again(clip_dir, tmp_path):
+    """`to_clip` gives back the CLIP inside E2 exactly; `from_clip` takes an E2 folder (its CLIP part, new parts
+    fresh): a CLIP trained here as the CLIP-FT ablation can be adapted again (examples/ablations)."""
+    clip = CLIPModel.from_pretrained(clip_dir)
+    model = E2Model.from_clip(clip_dir)
+    with torch.no_grad():  # as if trained: the CLIP part moves away from the checkpoint
+        model.vision_model.embeddings.patch_embedding.weight.add_(0.5)
+        model.text_projection.weight.mul_(2.0)
+    back = model.to_clip()
+    assert isinstance(back, CLIPModel)
+    assert set(back.state_dict()) == set(clip.state_dict())
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    model.save_pretrained(tmp_path / "e2")
+    again = E2Model.from_clip(tmp_path / "e2", use_selection_tokens=False)
+    assert again.selection_tokens is None and len(again.fusion_blocks) == 0
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+
+
 def test_new_parts_start_from_the_authors_init(clip_dir):
     """Fusion-block projections, entity-head projections and selection tokens start from N(0, width^-0.5), both
     for a model built from its config and for `from_clip` (transformers skips parameter-less modules, so the

@@ -39,21 +39,58 @@ RESULTS = HERE / "results.json"
 METRICS = ("full_sumr", "sample100_sumr", "t2i_r10", "i2t_r10", "t2i_r1", "i2t_r1", "chance_r10")
 
 
+def with_output(cmd: list[str], output_dir) -> list[str]:
+    """`cmd` with an output folder named by the command, so that one command is one training, however many arms
+    share it; a killed run resumes there."""
+    key = hashlib.sha1(shlex.join(cmd).encode()).hexdigest()[:10]
+    model = cmd[cmd.index("--model") + 1]
+    out = Path(output_dir, f"{model}-{key}")
+    return [*cmd, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]
+
+
+def datasets_of(start: Start, args) -> list[str]:
+    if args.dataset:  # a smoke run's stand-in for every catalogue
+        return list(args.dataset)
+    return [d.replace("{data}", args.data) for d in start.datasets]
+
+
+def prepare_command(start: Start, args) -> list[str] | None:
+    """The pretrain.py run a start builds on (e.g. the CLIP it adapts), or None."""
+    if not start.prepare:
+        return None
+    prep = [a.replace("{data}", args.data) for a in start.prepare]
+    if args.dataset:  # smoke runs: the stand-in data, a short budget
+        i = prep.index("--dataset")
+        prep[i + 1] = args.dataset[0]
+    if args.steps:
+        prep[prep.index("--max_steps") + 1] = str(args.steps)
+    cmd = ["python", "examples/pretrain.py", *prep, "--report_to", "none", "--num_workers", "0"]
+    cmd += ["--checkpoint_every", "250", "--keep_checkpoints", "1"]
+    return with_output(cmd, args.output_dir)
+
+
+def steps_of(ab: Ablation, start: Start, args) -> int:
+    return args.steps or start.steps or ab.steps
+
+
 def pretrain_command(ab: Ablation, start: Start, arm: Arm, seed: int, args) -> list[str]:
-    steps = args.steps or ab.steps
+    steps = steps_of(ab, start, args)
     eval_every = args.eval_every or ab.eval_every or max(1, steps // 5)
-    datasets = args.dataset or [f"hm:{args.data}/hm", f"myntra:{args.data}/myntra"]
     cmd = ["python", "examples/pretrain.py", "--model", ab.model, "--config", ab.config]
-    for d in datasets:
+    for d in datasets_of(start, args):
         cmd += ["--dataset", d]
-    cmd += [*start.args, "--seed", str(seed), "--batch_size", str(ab.batch_size), "--max_steps", str(steps)]
+    prep = prepare_command(start, args)
+    prepared = prep[prep.index("--output_dir") + 1] if prep else ""
+    cmd += [a.replace("{prepared}", prepared) for a in start.args]
+    cmd += ["--seed", str(seed), "--batch_size", str(ab.batch_size), "--max_steps", str(steps)]
     cmd += ["--eval_every", str(eval_every), "--report_to", "none", "--num_workers", "0"]
     cmd += ["--checkpoint_every", str(max(50, steps // 4)), "--keep_checkpoints", "1"]
     cmd += [*ab.common, *arm.args]
-    # The output folder is named by the command, so an arm shared by two ablations is trained once.
-    key = hashlib.sha1(shlex.join(cmd).encode()).hexdigest()[:10]
-    out = Path(args.output_dir, f"{ab.model}-{key}")
-    return [*cmd, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]
+    return with_output(cmd, args.output_dir)
+
+
+def data_name(datasets) -> str:
+    return "+".join(d.split(":")[0] for d in datasets)
 
 
 def evaluate_command(pretrain: list[str], arm: Arm) -> list[str]:
@@ -153,18 +190,15 @@ class Study:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
         env.setdefault("HF_HUB_OFFLINE", "1")
         label = f"{ab.name}/{start.name}/{arm.name}/seed{seed}"
+        prep = prepare_command(start, args)
+        if prep is not None and not self.train(prep, f"{label} (prepare)", env):
+            return None
         # One lock per output folder: two arms sharing a command wait for one training instead of racing.
+        if not self.train(cmd, label, env):
+            return None
         with self.folder_lock(out):
-            if not (out / "final" / "eval_results.json").is_file():
-                self.log(f"{label}: {shlex.join(cmd)}")
-                out.mkdir(parents=True, exist_ok=True)
-                with open(out / "pretrain.log", "a") as log:
-                    rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-                if rc != 0:
-                    self.log(f"{label}: pretrain.py failed (exit {rc}); see {out / 'pretrain.log'}")
-                    return None
             results_file, caption_file = out / "final" / "eval_results.json", None
-            commands = [cmd]
+            commands = [c for c in (prep, cmd) if c is not None]
             # Evaluation-only and captioning arms: one more command over the trained model, run once per folder.
             for extra, name, made in (
                 (arm.evaluate_args, "evaluate", evaluate_command),
@@ -200,7 +234,7 @@ class Study:
             "arm": arm.name,
             "seed": seed,
             "steps": trained["training"]["steps"],
-            "data": "+".join(d.split(":")[0] for d in (args.dataset or ["hm", "myntra"])),
+            "data": data_name(datasets_of(start, args)),
             "command": " && ".join(shlex.join(c) for c in commands),
             "metrics": {k: round(v, 4) for k, v in metrics.items()},
             "curve": read_curve(out),
@@ -210,6 +244,20 @@ class Study:
         m = record["metrics"]
         self.log(f"{label}: full SumR {m['full_sumr']:.2f}, T2I R@10 {m['t2i_r10']:.2f} (chance {m['chance_r10']})")
         return record
+
+    def train(self, cmd: list[str], label: str, env: dict) -> bool:
+        """Run one pretrain.py command unless its folder has its final results; one at a time per folder."""
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        with self.folder_lock(out):
+            if (out / "final" / "eval_results.json").is_file():
+                return True
+            self.log(f"{label}: {shlex.join(cmd)}")
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "pretrain.log", "a") as log:
+                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            if rc != 0:
+                self.log(f"{label}: pretrain.py failed (exit {rc}); see {out / 'pretrain.log'}")
+            return rc == 0
 
     _folder_locks: dict = {}
 
@@ -230,6 +278,8 @@ def plan(args) -> list[tuple[Ablation, Start, Arm, int]]:
                 if args.start and start.name not in args.start:
                     continue
                 for arm in ab.arms:
+                    if start.arms and arm.name not in start.arms:
+                        continue
                     if not args.arm or arm.name in args.arm:
                         todo.append((ab, start, arm, seed))
     return todo
@@ -265,11 +315,10 @@ def main(argv=None) -> int:
         write_report(load_records(study.results_path), args.report_dir or study.results_path.parent)
         return 0
     done = study.done()
-    data = "+".join(d.split(":")[0] for d in (args.dataset or ["hm", "myntra"]))
     todo = []
     for ab, start, arm, seed in plan(args):
-        steps = args.steps or ab.steps
-        if (ab.name, start.name, arm.name, seed, steps, data) in done:
+        steps = steps_of(ab, start, args)
+        if (ab.name, start.name, arm.name, seed, steps, data_name(datasets_of(start, args))) in done:
             continue
         todo.append((ab, start, arm, seed))
     # Within a seed, runs shared by two arms go after every first occurrence, so that no worker waits on another's

@@ -125,6 +125,21 @@ def build_batch_sampler(args, train, accelerator, epoch):
     return sampler
 
 
+# The E2 fields a CLIP checkpoint does not carry: from --config / --config_override when E2 starts from one.
+E2_FIELDS = (
+    "entities",
+    "tokens_per_entity",
+    "gumbel_tau",
+    "global_loss_weight",
+    "regional_loss_weight",
+    "use_selection_tokens",
+    "use_fusion_blocks",
+    "use_regional_loss",
+    "projection_init",
+    "full_text",
+)
+
+
 def pretrain(args):
     """The pretraining job for parsed `examples/pretrain.py` arguments; returns the held-out results."""
     spec = get_spec(args.model)
@@ -142,6 +157,7 @@ def pretrain(args):
         if config_path.suffix == ".json"
         else config_cls.from_pretrained(config_path.parent)
     )
+    overrides = {}
     if args.config_override:
         overrides = json.loads(args.config_override)
         unknown = sorted(k for k in overrides if not hasattr(config, k))
@@ -151,8 +167,12 @@ def pretrain(args):
         config = config_cls.from_dict({**config.to_dict(), **overrides})
     text_source = resolve_pretrained(args.text_pretrained) if args.text_pretrained else None
     if spec.vision_checkpoint == "clip" and args.vision_pretrained:
-        # E2 starts from a whole CLIP checkpoint (both towers); the new parameters are added on top.
-        model = model_cls.from_clip(args.vision_pretrained, entities=list(config.entities))
+        # E2 starts from a whole CLIP checkpoint (both towers; or an E2 folder's CLIP part); the new parameters are
+        # added on top, with the E2 fields of --config and --config_override (the towers are the checkpoint's).
+        e2_fields = {k: getattr(config, k) for k in E2_FIELDS}
+        if "fusion_layers" in overrides:  # else the default for the checkpoint's depth
+            e2_fields["fusion_layers"] = overrides["fusion_layers"]
+        model = model_cls.from_clip(args.vision_pretrained, **e2_fields)
         config = model.config
     elif text_source or args.vision_pretrained:
         if text_source:

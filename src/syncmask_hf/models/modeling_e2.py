@@ -291,6 +291,17 @@ class E2PreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
+def _is_e2_folder(path) -> bool:
+    """A local folder whose config.json is an E2 model's (saved by pretrain.py / save_pretrained)."""
+    import json
+
+    config = os.path.join(str(path), "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config) as f:
+        return json.load(f).get("model_type") == E2Config.model_type
+
+
 class E2Model(E2PreTrainedModel):
     """CLIP + E2's selection tokens, fusion blocks and per-entity heads (see the module docstring).
 
@@ -329,9 +340,14 @@ class E2Model(E2PreTrainedModel):
         projection, with "random" those and the global projection are drawn fresh (the authors' code).
         """
         clip = clip_model_or_path
-        if not isinstance(clip, CLIPModel):
+        if isinstance(clip, E2Model):
+            clip = clip.to_clip()
+        elif not isinstance(clip, CLIPModel):
             load_kwargs = {"dtype": dtype} if dtype is not None else {}
-            clip = CLIPModel.from_pretrained(clip_model_or_path, **load_kwargs)
+            if _is_e2_folder(clip_model_or_path):  # an E2 run adapted again: its CLIP part, new parts fresh
+                clip = cls.from_pretrained(clip_model_or_path, **load_kwargs).to_clip()
+            else:
+                clip = CLIPModel.from_pretrained(clip_model_or_path, **load_kwargs)
         if entities is not None:
             config_kwargs["entities"] = entities
         config = E2Config.from_clip_config(clip.config, **config_kwargs)
@@ -359,6 +375,34 @@ class E2Model(E2PreTrainedModel):
         model.to(dtype=param.dtype, device=param.device)
         model.config.name_or_path = getattr(clip, "name_or_path", "") or str(clip_model_or_path)
         return model
+
+    def to_clip(self) -> CLIPModel:
+        """The CLIP inside this model as a transformers `CLIPModel` (towers, projections, logit scale), weights copied
+        exactly; E2's own parameters (selection tokens, fusion blocks, entity heads) are left out. The inverse of
+        `from_clip` for the CLIP part: a CLIP trained here (e.g. as the CLIP-FT ablation) can be adapted again."""
+        from transformers import CLIPConfig
+
+        config = CLIPConfig(
+            text_config=self.config.text_config.to_dict(),
+            vision_config=self.config.vision_config.to_dict(),
+            projection_dim=self.config.projection_dim,
+            logit_scale_init_value=self.config.logit_scale_init_value,
+            initializer_factor=self.config.initializer_factor,
+        )
+        clip = CLIPModel(config)
+        own = set(self.new_parameter_names()) - {"visual_projection.weight"}
+        state = {
+            k: v
+            for k, v in self.state_dict().items()
+            if k not in own and not k.startswith(("fusion_blocks.", "entity_heads."))
+        }
+        missing, unexpected = clip.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"to_clip: weights do not map onto CLIPModel (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        param = next(self.parameters())
+        return clip.to(dtype=param.dtype, device=param.device)
 
     # ------------------------------------------------------------------------------------------- two-stage training
     def new_parameter_names(self) -> list[str]:
