@@ -148,7 +148,7 @@ def test_study_covers_the_papers_ablations():
     assert "fashionfae_objectives" in names
     for ab in study.ABLATIONS:
         arms = {a.name for a in ab.arms}
-        assert ab.comparisons and all(m in arms and b in arms for m, b in ab.comparisons), ab.name
+        assert ab.comparisons and all(len(c) in (2, 4) and set(c) <= arms for c in ab.comparisons), ab.name
         # Every arm is a different computation, except arms that read another table of one evaluation.
         keys = {(a.args, a.evaluate_args, a.table) for a in ab.arms}
         assert len(keys) == len(ab.arms), ab.name
@@ -222,3 +222,35 @@ def test_adapted_clip_start_prepares_one_clip_and_adapts_it(tmp_path):
         )
         assert config["use_selection_tokens"] == (r["arm"] == "e2_full")
     assert len(prepared) == 1  # one CLIP for every arm and seed
+
+
+def test_paired_differences_and_difference_of_gains():
+    """Pairs are matched by seed (a seed one arm lacks is left out); four arms give the gain of the first pair minus
+    the gain of the second (E2's claim: a larger gain over CLIP-FT at the smaller batch)."""
+    values = {  # arm: {seed: full SumR}
+        "e2_full_b16": {0: 50.0, 1: 60.0, 2: 55.0},
+        "clip_ft_b16": {0: 40.0, 1: 45.0, 2: 50.0},
+        "e2_full_b32": {0: 70.0, 1: 72.0, 2: 71.0},
+        "clip_ft_b32": {0: 69.0, 1: 70.0},
+    }
+    records = [
+        {
+            "ablation": "e2_batch_size",
+            "start": "scratch",
+            "steps": 10,
+            "data": "hm",
+            "arm": arm,
+            "seed": seed,
+            "metrics": {**dict.fromkeys(run.METRICS, 1.0), "full_sumr": v},
+        }
+        for arm, by_seed in values.items()
+        for seed, v in by_seed.items()
+    ]
+    rows = {(r["method"], r["baseline"]): r for r in report.comparisons(records)}
+    b16 = rows[("e2_full_b16", "clip_ft_b16")]
+    assert b16["seeds"] == [0, 1, 2] and b16["diffs"] == [10.0, 15.0, 5.0] and b16["verdict"].startswith("holds")
+    assert rows[("e2_full_b32", "clip_ft_b32")]["seeds"] == [0, 1]
+    gains = rows[("(e2_full_b16 − clip_ft_b16)", "(e2_full_b32 − clip_ft_b32)")]
+    assert gains["seeds"] == [0, 1] and gains["diffs"] == [9.0, 13.0]
+    text = report.render(records)
+    assert "| (e2_full_b16 − clip_ft_b16) | (e2_full_b32 − clip_ft_b32) | 2 |" in text

@@ -79,10 +79,16 @@ def comparisons(records):
     rows = []
     for (name, start, steps, data), arms in sorted(group(records).items()):
         ab = get_ablation(name)
-        for method, baseline in ab.comparisons:
-            seeds = sorted(set(arms.get(method, {})) & set(arms.get(baseline, {})))
-            m = [arms[method][s]["metrics"][ab.metric] for s in seeds]
-            b = [arms[baseline][s]["metrics"][ab.metric] for s in seeds]
+        for names in ab.comparisons:
+            seeds = sorted(set.intersection(*(set(arms.get(n, {})) for n in names)))
+            values = [[arms[n][s]["metrics"][ab.metric] for s in seeds] for n in names]
+            if len(names) == 2:
+                method, baseline = names
+                m, b = values
+            else:  # the gain of the first pair over the gain of the second, per seed
+                method, baseline = f"({names[0]} − {names[1]})", f"({names[2]} − {names[3]})"
+                m = [x - y for x, y in zip(values[0], values[1])]
+                b = [x - y for x, y in zip(values[2], values[3])]
             diffs = [x - y for x, y in zip(m, b)]
             ci = bootstrap_ci(diffs)
             rows.append(
@@ -175,7 +181,11 @@ def render(records) -> str:
                 f"- **{r['method']} − {r['baseline']}**, {METRIC_NAMES.get(r['metric'], r['metric'])}: {pairs} "
                 f"(seeds {r['seeds']}); mean "
                 f"{np.mean(r['diffs']) if r['diffs'] else float('nan'):+.2f}, 95% CI {_fmt_ci(r['ci'])}. "
-                f"The paper's direction {r['verdict']}."
+                + (
+                    f"The paper's direction {r['verdict']}."
+                    if r["verdict"][0] in "hdw"
+                    else f"{r['verdict'].capitalize()}."
+                )
                 if r["diffs"]
                 else f"- **{r['method']} − {r['baseline']}**: no paired seeds yet."
             )

@@ -49,7 +49,8 @@ class Ablation:
     steps: int
     claim: str  # the paper's direction: the first arm of each comparison beats the second
     arms: tuple[Arm, ...]
-    comparisons: tuple[tuple[str, str], ...]  # (method arm, baseline arm)
+    # (method arm, baseline arm); four arms (a, b, c, d) compare the gain a - b with the gain c - d: (a - b) - (c - d)
+    comparisons: tuple[tuple[str, ...], ...]
     starts: tuple[Start, ...] = (Start("scratch", (), "both towers from random initialisation"),)
     metric: str = "full_sumr"  # the record metric of the verdict (cider_d for captioning)
     eval_every: int = 0  # 0: steps // 5
@@ -169,7 +170,11 @@ ABLATIONS: tuple[Ablation, ...] = (
             Arm("e2_full_b32"),
             Arm("clip_ft_b32", override({**CLIP_FT, "global_loss_weight": 1.0})),
         ),
-        comparisons=(("e2_full_b16", "clip_ft_b16"), ("e2_full_b32", "clip_ft_b32")),
+        comparisons=(
+            ("e2_full_b16", "clip_ft_b16"),
+            ("e2_full_b32", "clip_ft_b32"),
+            ("e2_full_b16", "clip_ft_b16", "e2_full_b32", "clip_ft_b32"),  # the gain at 16 minus the gain at 32
+        ),
     ),
     Ablation(
         name="e2_captioning",
