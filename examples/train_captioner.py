@@ -73,6 +73,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--no_repeat_ngram_size", type=int, default=0, help="generate(): forbid repeated n-grams (0: off, as DeCap)"
     )
+    p.add_argument(
+        "--meteor",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="METEOR by the COCO caption toolkit's Java jar: auto = when pycocoevalcap and java are installed",
+    )
     p.add_argument("--max_eval_images", type=int, default=500, help="held-out products captioned (one image each)")
     p.add_argument("--val_products", type=float, default=0.1)
     p.add_argument("--test_products", type=float, default=0.15)
@@ -232,7 +238,10 @@ def evaluate_and_report(args, encoder, processor, captioner, test_split, trainin
         **({"no_repeat_ngram_size": args.no_repeat_ngram_size} if args.no_repeat_ngram_size else {}),
     )
     references = [[text] for _, text, _ in rows]
-    metrics = caption_metrics(captions, references)
+    # METEOR (the COCO toolkit's Java jar) when pycocoevalcap and java are there, unless --meteor off.
+    metrics = caption_metrics(captions, references, meteor=args.meteor != "off")
+    if args.meteor == "on" and "METEOR" not in metrics:
+        raise SystemExit("error: --meteor on needs pycocoevalcap (pip install pycocoevalcap) and java on the PATH")
     metrics["skipped_images"] = skipped
     examples = [
         {"product_id": pid, "reference": text, "caption": caption}
@@ -252,7 +261,8 @@ def evaluate_and_report(args, encoder, processor, captioner, test_split, trainin
         "examples": examples,
     }
     (out_dir / "caption_results.json").write_text(json.dumps(summary, indent=2))
-    table = {"held-out": {k: round(v, 2) for k, v in metrics.items() if k in ("BLEU-4", "CIDEr-D", "ROUGE-L")}}
+    shown = ("BLEU-4", "CIDEr-D", "ROUGE-L", "METEOR")
+    table = {"held-out": {k: round(v, 2) for k, v in metrics.items() if k in shown}}
     table["held-out"]["images"] = metrics["num_images"]
     print(format_results_markdown(table, title=f"captions of held-out products ({args.model_path})"))
     for ex in examples:

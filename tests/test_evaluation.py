@@ -617,3 +617,16 @@ def test_caption_metrics_equal_the_coco_caption_toolkit():
         assert ours["CIDEr-D"] == pytest.approx(100 * Cider().compute_score(gts, res)[0], abs=1e-6)
         assert ours["ROUGE-L"] == pytest.approx(100 * Rouge().compute_score(gts, res)[0], abs=1e-6)
     assert ours["BLEU-4"] > 10  # the near copies share 4-grams: the comparison is not only of zeros
+
+
+def test_meteor_by_the_coco_toolkit_when_java_is_there():
+    from syncmask_hf.evaluation import meteor_available, meteor_score
+
+    if not meteor_available():
+        assert meteor_score(["a red dress"], [["a red dress"]]) is None
+        assert "METEOR" not in caption_metrics(["a red dress"], [["a red dress"]], meteor=True)
+        pytest.skip("METEOR needs pycocoevalcap and java (apt-get install default-jre-headless)")
+    refs = [["a red cotton dress with long sleeves"], ["black denim trousers with a zip fly"]]
+    same = caption_metrics([r[0] for r in refs], refs, meteor=True)
+    other = caption_metrics(["blue leather boots", "a white wool scarf"], refs, meteor=True)
+    assert same["METEOR"] > 90 and other["METEOR"] < 20, (same["METEOR"], other["METEOR"])

@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE))
 from study import ABLATIONS, get_ablation  # noqa: E402
 
 BOOTSTRAP_SAMPLES = 10_000
+CAPTION_COLUMNS = {"bleu4": "BLEU-4", "cider_d": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR"}
 METRIC_NAMES = {"full_sumr": "full SumR", "cider_d": "CIDEr-D"}  # the verdict's metric: `Ablation.metric`
 
 
@@ -156,23 +157,20 @@ def render(records) -> str:
         ]
         if st is not None and st.differs:
             lines.append(f"Start: {st.differs}.")
-        captioning = any("cider_d" in r["metrics"] for runs in arms.values() for r in runs.values())
-        extra = " BLEU-4 | CIDEr-D | ROUGE-L |" if captioning else ""
+        present = {k for runs in arms.values() for r in runs.values() for k in r["metrics"]}
+        captions = [(k, n) for k, n in CAPTION_COLUMNS.items() if k in present]
         lines += [
             "",
-            "| arm | seeds | full SumR | sample-100 SumR | T2I R@10 | I2T R@10 | chance R@10 |" + extra,
-            "|---|---|---:|---:|---:|---:|---:|" + "---:|" * (3 if captioning else 0),
+            "| arm | seeds | full SumR | sample-100 SumR | T2I R@10 | I2T R@10 | chance R@10 |"
+            + "".join(f" {n} |" for _, n in captions),
+            "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(captions),
         ]
         for arm in [a.name for a in ab.arms if a.name in arms]:
             runs = [arms[arm][s] for s in sorted(arms[arm])]
             lines.append(
                 f"| {arm} | {', '.join(str(r['seed']) for r in runs)} | {_col(runs, 'full_sumr')} | {_col(runs, 'sample100_sumr')} | "
                 f"{_col(runs, 't2i_r10')} | {_col(runs, 'i2t_r10')} | {runs[0]['metrics']['chance_r10']} |"
-                + (
-                    f" {_col(runs, 'bleu4')} | {_col(runs, 'cider_d')} | {_col(runs, 'rouge_l')} |"
-                    if captioning
-                    else ""
-                )
+                + "".join(f" {_col(runs, k)} |" for k, _ in captions)
             )
         lines.append("")
         for r in (c for c in rows if (c["ablation"], c["start"], c["steps"], c["data"]) == (name, start, steps, data)):

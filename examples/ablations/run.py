@@ -226,6 +226,8 @@ class Study:
         if caption_file is not None:
             captions = json.loads(caption_file.read_text())
             metrics.update({key: captions["metrics"][name] for name, key in CAPTION_METRICS.items()})
+            if "METEOR" in captions["metrics"]:  # the COCO toolkit's Java METEOR, where java is installed
+                metrics["meteor"] = captions["metrics"]["METEOR"]
             metrics["caption_images"] = captions["metrics"]["num_images"]
         record = {
             "ablation": ab.name,

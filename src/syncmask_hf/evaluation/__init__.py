@@ -6,7 +6,8 @@
   model that has CLIP's ``get_image_features`` / ``get_text_features``.
 * Text-guided image retrieval: :func:`tgir_recall` (FashionIQ R@10/R@50, reference image excluded).
 * Classification: :func:`classification_accuracy`, :func:`linear_probe`.
-* Captioning: :func:`caption_metrics` (BLEU-1..4, CIDEr-D, ROUGE-L as coco-caption computes them).
+* Captioning: :func:`caption_metrics` (BLEU-1..4, CIDEr-D, ROUGE-L as coco-caption computes them; METEOR by its
+  Java jar when available).
 * Reporting: :func:`format_results_markdown`, :func:`save_results`.
 * ``RECALL_AT_K_PATH``: a local ``evaluate`` module, ``evaluate.load(RECALL_AT_K_PATH)``.
 
@@ -16,7 +17,16 @@ Never imported by modeling files (Hub copies of models stay self-contained).
 from pathlib import Path
 
 from ..tgir import tgir_recall  # the metric lives with the rest of text-guided retrieval
-from .caption_metrics import bleu4, caption_metrics, cider_d, corpus_bleu, rouge_l, tokenize
+from .caption_metrics import (
+    bleu4,
+    caption_metrics,
+    cider_d,
+    corpus_bleu,
+    meteor_available,
+    meteor_score,
+    rouge_l,
+    tokenize,
+)
 from .classification import classification_accuracy, linear_probe
 from .evaluator import RetrievalEmbeddings, RetrievalEvaluator, embedding_spread, mean_pairwise_cosine
 from .faiss_index import EmbeddingIndex
@@ -33,6 +43,8 @@ __all__ = [
     "RetrievalEvaluator",
     "bleu4",
     "caption_metrics",
+    "meteor_available",
+    "meteor_score",
     "cider_d",
     "classification_accuracy",
     "corpus_bleu",

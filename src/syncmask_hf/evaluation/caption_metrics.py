@@ -15,6 +15,10 @@
 Tokenisation: strings are lower-cased and split into words, punctuation dropped, inner hyphens/apostrophes kept
 (an offline approximation of coco-caption's Java PTB tokenizer, which also drops punctuation). Pass lists of
 tokens to bypass it. :func:`caption_metrics` reports all scores x100, as papers do.
+
+These three are checked equal to pycocoevalcap's scorers (tests/test_evaluation.py). **METEOR** needs Java: with
+``pycocoevalcap`` installed and ``java`` on the PATH, :func:`meteor_score` runs the toolkit's own METEOR 1.5 jar on the same
+tokens; otherwise it returns None (``caption_metrics(..., meteor=True)`` then leaves it out).
 """
 
 from __future__ import annotations
@@ -171,16 +175,51 @@ def cider_d(
     return (mean, per_image) if return_per_image else mean
 
 
-def caption_metrics(hypotheses: Sequence[Text], references: Sequence[Sequence[Text]]) -> dict[str, float]:
+def meteor_available() -> bool:
+    """pycocoevalcap's METEOR can run: the package is installed and ``java`` is on the PATH."""
+    import importlib.util
+    import shutil
+
+    return importlib.util.find_spec("pycocoevalcap") is not None and shutil.which("java") is not None
+
+
+def meteor_score(hypotheses: Sequence[Text], references: Sequence[Sequence[Text]]) -> float | None:
+    """Corpus METEOR in [0, 1] by the COCO caption toolkit's METEOR 1.5 (a Java process, ~10 s to start), on the
+    tokens of :func:`tokenize`; None when it cannot run (see :func:`meteor_available`)."""
+    if not meteor_available():
+        return None
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    hyps, refs = _prepare(hypotheses, references)
+    # METEOR reads "|||" as its field separator; a caption never needs it.
+    clean = lambda tokens: " ".join(tokens).replace("|||", " ") or "."  # noqa: E731
+    scorer = Meteor()
+    try:
+        score, _ = scorer.compute_score(
+            {i: [clean(r) for r in rs] for i, rs in enumerate(refs)}, {i: [clean(h)] for i, h in enumerate(hyps)}
+        )
+    finally:
+        scorer.meteor_p.kill()  # the toolkit leaves its Java process running until garbage collection
+    return float(score)
+
+
+def caption_metrics(
+    hypotheses: Sequence[Text], references: Sequence[Sequence[Text]], meteor: bool = False
+) -> dict[str, float]:
     """BLEU-1..4, CIDEr-D and ROUGE-L of generated captions against reference captions, all x100.
 
     Args:
         hypotheses: one generated caption per image (string or token list).
         references: per image, a list of reference captions (or a single string).
+        meteor: also METEOR (x100) when the COCO toolkit's Java METEOR can run (:func:`meteor_available`).
     """
     bleu = corpus_bleu(hypotheses, references, 4)
     out = {f"BLEU-{i + 1}": 100 * b for i, b in enumerate(bleu)}
     out["CIDEr-D"] = 100 * cider_d(hypotheses, references)
     out["ROUGE-L"] = 100 * rouge_l(hypotheses, references)
+    if meteor:
+        score = meteor_score(hypotheses, references)
+        if score is not None:
+            out["METEOR"] = 100 * score
     out["num_images"] = len(hypotheses)
     return out
