@@ -4,6 +4,9 @@
 by the model's weights and the catalogue's fingerprint), and answers text -> products, image -> products / texts,
 reference image + modification text -> products, zero-shot attributes, captions (with a captioner, else the closest
 catalogue text, labelled as such) and, for E2, the patches each selection token picked.
+
+`CatalogIndex` (module `catalog_index`, re-exported here) is the persistent alternative for catalogues that change:
+a LanceDB table with metadata filters, product grouping, upserts and deletions.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from .catalog_index import CatalogIndex  # noqa: F401  (re-exported: syncmask_hf.search.CatalogIndex)
 from .models import image_loading as _image_loading
 
 logger = logging.getLogger(__name__)

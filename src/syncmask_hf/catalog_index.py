@@ -1,0 +1,359 @@
+"""`CatalogIndex`: a persistent catalogue index on LanceDB (on disk or object storage), with metadata filters,
+product grouping and incremental updates. Re-exported as `syncmask_hf.search.CatalogIndex`.
+
+    index = CatalogIndex.build("outputs/pretrain/final", "hm:../shared/data/hm", "outputs/hm.lance")
+    index = CatalogIndex.open("outputs/hm.lance")                     # later, in another process
+    index.search(text="red striped dress", filters={"gender": "Women"}, k=10)
+    index.upsert(changed_rows)                                         # re-embeds only rows whose image or text changed
+    index.delete(["0108775015"])
+
+One table row per catalogue item: its image embedding, its text's embedding, the catalogue schema's string columns,
+and a content hash (image bytes, or path + size + mtime for files, and the text) that tells an upsert which rows to
+embed again. Queries pre-filter (the filter runs before the nearest-neighbour search, so a filter matching k items
+returns k), group hits by product (the best image of each), and search exactly below `ann_threshold` rows and with
+an approximate IVF index above it. LanceDB is an optional dependency (`pip install syncmask_hf[index]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.schema import STRING_COLUMNS
+
+logger = logging.getLogger("syncmask_hf.catalog_index")
+
+TABLE = "catalog"
+META_TABLE = "index_meta"
+#: Metadata columns a query may filter on (the catalogue schema's, less the free text).
+FILTER_COLUMNS = tuple(c for c in STRING_COLUMNS if c != "text")
+#: From this many rows on, `build` (and `optimize`) adds an approximate (IVF) vector index; below it search is exact.
+DEFAULT_ANN_THRESHOLD = 100_000
+
+
+def _lancedb():
+    try:
+        import lancedb
+    except ImportError as err:  # pragma: no cover - the message is the point
+        raise ImportError(
+            "CatalogIndex needs LanceDB: pip install 'syncmask_hf[index]' (or pip install lancedb)"
+        ) from err
+    return lancedb
+
+
+def content_hash(image, text: str) -> str:
+    """What an upsert compares: the image (its bytes, or a file's path, size and modification time) and the text."""
+    h = hashlib.sha256()
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (bytes, bytearray)):
+        h.update(hashlib.sha256(image).digest())
+    elif isinstance(image, (str, os.PathLike)):
+        try:
+            st = os.stat(image)
+            h.update(f"{image}:{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"{image}:missing".encode())
+    elif image is not None:  # a decoded PIL image
+        h.update(image.tobytes() + repr((image.mode, image.size)).encode())
+    h.update(b"\x1e" + (text or "").encode())
+    return h.hexdigest()[:32]
+
+
+def _sql_string(value) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def filter_sql(filters: dict | None) -> str | None:
+    """A LanceDB `where` clause from {column: value or list of values}; only the catalogue's metadata columns."""
+    if not filters:
+        return None
+    clauses = []
+    for column, value in filters.items():
+        if column not in FILTER_COLUMNS:
+            raise ValueError(f"cannot filter on {column!r}: choose among {list(FILTER_COLUMNS)}")
+        values = list(value) if isinstance(value, (list, tuple, set)) else [value]
+        if not values:
+            raise ValueError(f"filter {column!r} has no values")
+        clauses.append(f"{column} IN ({', '.join(_sql_string(v) for v in values)})")
+    return " AND ".join(clauses)
+
+
+class _Encoder:
+    """The model's one feature contract (`get_image_features` / `get_text_features`), unit-normalised."""
+
+    def __init__(self, model_path: str, device="cpu", trust_remote_code: bool = False):
+        from transformers import AutoModel, AutoProcessor
+
+        from .specs import load_pretrained
+
+        remote = {"trust_remote_code": trust_remote_code}
+        self.device = torch.device(device)
+        self.model = load_pretrained(AutoModel, model_path, **remote).to(self.device).eval()
+        self.processor = load_pretrained(AutoProcessor, model_path, **remote)
+
+    @torch.no_grad()
+    def images(self, images) -> np.ndarray:
+        inputs = self.processor(images=list(images), return_tensors="pt")
+        out = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
+        return F.normalize(out.pooler_output.float(), dim=-1).cpu().numpy()
+
+    @torch.no_grad()
+    def texts(self, texts) -> np.ndarray:
+        inputs = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
+        out = self.model.get_text_features(
+            input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
+        )
+        return F.normalize(out.pooler_output.float(), dim=-1).cpu().numpy()
+
+
+class CatalogIndex:
+    """A catalogue embedded by one model, in a LanceDB table at `uri`. Build with `build`, reopen with `open`."""
+
+    def __init__(self, db, table, meta: dict, encoder: _Encoder | None = None):
+        self._db, self._table, self.meta = db, table, meta
+        self._encoder = encoder
+        #: counts of the last `build` / `upsert`: embedded, unchanged, skipped (bad images), deleted
+        self.last_update: dict = {}
+        self.skipped: list[tuple[str, str]] = []
+
+    # -- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        model_path,
+        dataset,
+        uri,
+        *,
+        batch_size: int = 64,
+        device="cpu",
+        trust_remote_code: bool = False,
+        ann_threshold: int = DEFAULT_ANN_THRESHOLD,
+        progress: bool = True,
+    ) -> CatalogIndex:
+        """Embed `dataset` (a `datasets.Dataset` in the catalogue schema, or a data-layer source string such as
+        "hm:PATH") with the model at `model_path` into a new index at `uri` (an existing one there is replaced).
+        Images that do not decode are skipped and counted (`index.skipped`)."""
+        lancedb = _lancedb()
+        encoder = _Encoder(str(model_path), device, trust_remote_code)
+        db = lancedb.connect(str(uri))
+        meta = {
+            "model_path": str(model_path),
+            "trust_remote_code": bool(trust_remote_code),
+            "ann_threshold": int(ann_threshold),
+        }
+        index = cls(db, None, meta, encoder)
+        rows, skipped = index._embed(_rows_of(dataset), batch_size, progress)
+        if not rows:
+            raise ValueError(f"no catalogue item could be embedded ({len(skipped)} skipped): nothing to index")
+        meta["dim"] = int(len(rows[0]["image_vec"]))
+        index._table = db.create_table(TABLE, data=_to_arrow(rows), mode="overwrite")
+        db.create_table(META_TABLE, data=[{"key": "meta", "value": json.dumps(meta)}], mode="overwrite")
+        index.skipped = skipped
+        index.last_update = {"embedded": len(rows), "unchanged": 0, "skipped": len(skipped)}
+        index.optimize()
+        return index
+
+    @classmethod
+    def open(cls, uri, *, device="cpu", trust_remote_code: bool | None = None) -> CatalogIndex:
+        """An index `build` wrote at `uri`; the model it was built with is loaded when a query needs it."""
+        lancedb = _lancedb()
+        db = lancedb.connect(str(uri))
+        names = set(db.list_tables().tables if hasattr(db.list_tables(), "tables") else db.list_tables())
+        if TABLE not in names or META_TABLE not in names:
+            raise FileNotFoundError(f"no catalogue index at {uri} (build one with CatalogIndex.build)")
+        meta = json.loads(db.open_table(META_TABLE).to_arrow().to_pylist()[0]["value"])
+        if trust_remote_code is not None:
+            meta["trust_remote_code"] = bool(trust_remote_code)
+        index = cls(db, db.open_table(TABLE), meta)
+        index._device = device
+        return index
+
+    @property
+    def encoder(self) -> _Encoder:
+        if self._encoder is None:
+            self._encoder = _Encoder(
+                self.meta["model_path"], getattr(self, "_device", "cpu"), self.meta.get("trust_remote_code", False)
+            )
+        return self._encoder
+
+    def __len__(self) -> int:
+        return self._table.count_rows()
+
+    # -- embedding -----------------------------------------------------------------------------------------
+    def _embed(self, items: Iterable[dict], batch_size: int, progress: bool) -> tuple[list[dict], list]:
+        from tqdm.auto import tqdm
+
+        from .models.image_loading import FashionInputError, load_image
+
+        rows, skipped, batch = [], [], []
+
+        def flush():
+            images, kept = [], []
+            for item in batch:
+                try:
+                    images.append(load_image(item["image"], item_id=item["item_id"]))
+                    kept.append(item)
+                except FashionInputError as err:
+                    skipped.append((item["item_id"], str(err)))
+            if kept:
+                image_vecs = self.encoder.images(images)
+                text_vecs = self.encoder.texts([item["text"] or "" for item in kept])
+                for item, iv, tv in zip(kept, image_vecs, text_vecs):
+                    rows.append({**{c: item[c] for c in STRING_COLUMNS}, "content_hash": item["content_hash"],
+                                 "image_ref": item["image_ref"], "image_vec": iv, "text_vec": tv})  # fmt: skip
+            batch.clear()
+
+        for item in tqdm(items, desc="embedding catalogue", unit="item", disable=not progress):
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        for item_id, reason in skipped:
+            logger.warning("catalogue index: skipped %s: %s", item_id, reason)
+        return rows, skipped
+
+    # -- updates -------------------------------------------------------------------------------------------
+    def _hashes(self, item_ids: Sequence[str]) -> dict[str, str]:
+        out = {}
+        ids = list(item_ids)
+        for start in range(0, len(ids), 1000):
+            where = f"item_id IN ({', '.join(_sql_string(i) for i in ids[start : start + 1000])})"
+            for r in self._table.search().where(where).select(["item_id", "content_hash"]).to_list():
+                out[r["item_id"]] = r["content_hash"]
+        return out
+
+    def upsert(self, rows, *, batch_size: int = 64, progress: bool = False) -> dict:
+        """Add new items and replace changed ones (by `item_id`); only items whose image or text changed (content
+        hash) are embedded again. Returns and keeps in `last_update` the counts: embedded, unchanged, skipped."""
+        items = list(_rows_of(rows))
+        known = self._hashes([i["item_id"] for i in items])
+        changed = [i for i in items if known.get(i["item_id"]) != i["content_hash"]]
+        new_rows, skipped = self._embed(changed, batch_size, progress)
+        if new_rows:
+            (
+                self._table.merge_insert("item_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(_to_arrow(new_rows))
+            )
+        self.last_update = {"embedded": len(new_rows), "unchanged": len(items) - len(changed), "skipped": len(skipped)}
+        self.skipped = skipped
+        return self.last_update
+
+    def delete(self, item_ids: Sequence[str]) -> int:
+        """Remove items by id; returns how many were there."""
+        ids = [str(i) for i in item_ids]
+        present = len(self._hashes(ids))
+        for start in range(0, len(ids), 1000):
+            self._table.delete(f"item_id IN ({', '.join(_sql_string(i) for i in ids[start : start + 1000])})")
+        self.last_update = {"deleted": present}
+        return present
+
+    def optimize(self) -> None:
+        """Exact search below `ann_threshold` rows; above it an IVF-PQ index on the image vectors (cosine on unit
+        vectors = dot), with `refine_factor` re-ranking at query time."""
+        n = len(self)
+        if n < self.meta["ann_threshold"]:
+            return
+        self._table.create_index(
+            metric="dot",
+            vector_column_name="image_vec",
+            num_partitions=max(1, int(np.sqrt(n))),
+            num_sub_vectors=max(1, self.meta["dim"] // 8),
+            replace=True,
+        )
+
+    # -- queries -------------------------------------------------------------------------------------------
+    def query_vector(self, text=None, image=None, modification=None) -> np.ndarray:
+        """The query embedding: a text (text-to-image), an image (look-alikes), or an image and a modification
+        ("this one, but in red": the normalised sum of their embeddings, the zero-shot composition)."""
+        from .search import open_image
+
+        text = (text or "").strip()
+        modification = (modification or "").strip()
+        if image is None:
+            if modification:
+                raise ValueError("a modification ('in red') needs the image it modifies")
+            if not text:
+                raise ValueError("give a text, an image, or an image and a modification to search for")
+            return self.encoder.texts([text])[0]
+        vec = self.encoder.images([open_image(image)])[0]
+        extra = " ".join(t for t in (text, modification) if t)
+        if extra:
+            vec = vec + self.encoder.texts([extra])[0]
+            vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        return vec
+
+    def search(
+        self, text=None, image=None, modification=None, filters=None, k: int = 10, group_by_product: bool = True
+    ) -> list[dict]:
+        """The `k` best items (or products, with `group_by_product`: each product's best image) for a query, among
+        the items that match `filters` ({column: value or list of values}, e.g. {"gender": "Women"}). Each hit is a
+        dict with `item_id`, `product_id`, `score` (cosine), `text`, `image_ref` and the catalogue's metadata."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (got {k})")
+        vec = self.query_vector(text, image, modification)
+        where = filter_sql(filters)
+        limit = k * 4 if group_by_product else k
+        while True:
+            query = self._table.search(vec, vector_column_name="image_vec").distance_type("dot")
+            if where:
+                query = query.where(where, prefilter=True)
+            if self.meta["ann_threshold"] <= len(self):
+                query = query.refine_factor(10)
+            hits = query.limit(limit).select([*STRING_COLUMNS, "image_ref"]).to_list()
+            out, seen = [], set()
+            for h in hits:
+                if group_by_product and h["product_id"] in seen:
+                    continue
+                seen.add(h["product_id"])
+                h = {c: h[c] for c in (*STRING_COLUMNS, "image_ref")} | {"score": 1.0 - float(h["_distance"])}
+                out.append(h)
+            # Grouped: several images of one product can fill the first `limit` hits; fetch more until k products
+            # or every match is seen.
+            if len(out) >= k or len(hits) < limit:
+                return out[:k]
+            limit *= 4
+
+
+def _to_arrow(rows: list[dict]):
+    """Rows as an Arrow table whose vectors are fixed-size lists (what LanceDB searches)."""
+    import pyarrow as pa
+
+    columns = {c: pa.array([r[c] for r in rows], pa.string()) for c in (*STRING_COLUMNS, "content_hash", "image_ref")}
+    for name in ("image_vec", "text_vec"):
+        vecs = np.stack([r[name] for r in rows]).astype(np.float32)
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), vecs.shape[1])
+    return pa.table(columns)
+
+
+def _rows_of(dataset) -> Iterable[dict]:
+    """Catalogue rows as dicts with `content_hash` and `image_ref`, images left encoded (decoded only to embed)."""
+    import datasets
+
+    if isinstance(dataset, str):
+        from .data import load_catalog
+
+        dataset = load_catalog(dataset, skip_bad=True)
+    if isinstance(dataset, datasets.Dataset):
+        feature = dataset.features.get("image")
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    for row in dataset:
+        item = {c: str(row.get(c) or "") for c in STRING_COLUMNS}
+        if not item["item_id"]:
+            raise ValueError(f"catalogue row without item_id (product {item['product_id']!r}): every item needs one")
+        image = row.get("image")
+        item["image"] = image
+        item["image_ref"] = str(image.get("path") or "") if isinstance(image, dict) else ""
+        item["content_hash"] = content_hash(image, item["text"])
+        yield item

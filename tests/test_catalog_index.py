@@ -1,0 +1,109 @@
+"""CatalogIndex (LanceDB): a round trip on disk, pre-filtered and product-grouped queries, upserts that re-embed
+only what changed, deletions, bad images skipped and counted."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("lancedb")
+
+from syncmask_hf import training  # noqa: E402
+from syncmask_hf.catalog_index import CatalogIndex, filter_sql  # noqa: E402
+from syncmask_hf.data import load_catalog  # noqa: E402
+from syncmask_hf.search import CatalogIndex as ReExported  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog("synthetic:300")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, catalog):
+    root = tmp_path_factory.mktemp("index")
+    training.save_random_model("e2", root / "model")
+    CatalogIndex.build(root / "model", catalog, root / "db", progress=False)
+    return root
+
+
+def test_round_trip_on_disk(built, catalog):
+    assert ReExported is CatalogIndex
+    index = CatalogIndex.open(built / "db")  # a new object: everything comes from disk
+    assert len(index) == len(catalog)
+    hits = index.search(text="red striped dress", k=5)
+    assert len(hits) == 5
+    for h in hits:
+        assert {"item_id", "product_id", "score", "text", "gender", "color", "category"} <= set(h)
+        assert -1.0 <= h["score"] <= 1.0
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # The catalogue's own image finds itself first (exact search below the ANN threshold).
+    first = catalog[0]
+    top = index.search(image=first["image"], k=1, group_by_product=False)[0]
+    assert top["item_id"] == first["item_id"] and top["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_product_grouping(built, catalog):
+    index = CatalogIndex.open(built / "db")
+    per_product = len(catalog) / len(set(catalog["product_id"]))
+    assert per_product > 1  # several images per product: grouping has something to do
+    grouped = index.search(text="a dress", k=20)
+    assert len({h["product_id"] for h in grouped}) == 20 == len(grouped)
+    flat = index.search(text="a dress", k=60, group_by_product=False)
+    assert len(flat) == 60 and len({h["product_id"] for h in flat}) < 60
+
+
+def test_filters_pre_filter_and_keep_k_at_one_percent(built, catalog):
+    index = CatalogIndex.open(built / "db")
+    product = catalog[0]["product_id"]
+    matching = [i for i, p in zip(catalog["item_id"], catalog["product_id"]) if p == product]
+    assert len(matching) / len(catalog) <= 0.01
+    hits = index.search(text="anything", filters={"product_id": product}, k=len(matching), group_by_product=False)
+    assert sorted(h["item_id"] for h in hits) == sorted(matching)  # k matches, k results
+    women = index.search(text="a dress", filters={"gender": "women", "color": ["red", "blue"]}, k=10)
+    assert women and all(h["gender"] == "women" and h["color"] in ("red", "blue") for h in women)
+    assert index.search(text="x", filters={"gender": "x' OR '1'='1"}, k=5) == []  # quoted, not injected
+    with pytest.raises(ValueError, match="cannot filter on 'price'"):
+        filter_sql({"price": "10"})
+
+
+def test_upsert_re_embeds_only_changed_items_and_delete(built, catalog, tmp_path):
+    import shutil
+
+    shutil.copytree(built / "db", tmp_path / "db")
+    index = CatalogIndex.open(tmp_path / "db")
+    changed = catalog.select(range(5)).map(lambda r: {"text": r["text"] + " now in velvet"})
+    new = catalog.select(range(5, 7)).map(lambda r: {"item_id": r["item_id"] + "-new"})
+    same = catalog.select(range(7, 20))
+    from datasets import concatenate_datasets
+
+    counts = index.upsert(concatenate_datasets([changed, new, same]))
+    assert counts == {"embedded": 7, "unchanged": 13, "skipped": 0}
+    assert len(index) == len(catalog) + 2
+    hit = index.search(text="x", filters={"item_id": changed[0]["item_id"]}, k=1)[0]
+    assert hit["text"].endswith("now in velvet")
+    assert index.upsert(changed)["embedded"] == 0  # nothing changed since
+    gone = [catalog[i]["item_id"] for i in range(20, 23)]
+    assert index.delete([*gone, "no-such-item"]) == 3
+    assert len(index) == len(catalog) - 1
+    assert index.search(text="x", filters={"item_id": gone}, k=3) == []
+
+
+def test_bad_images_are_skipped_and_counted(tmp_path, catalog):
+    training.save_random_model("e2", tmp_path / "model")
+    rows = catalog.select(range(6)).cast_column("image", __import__("datasets").Image(decode=False))
+    rows = rows.map(
+        lambda r, i: {"image": {"bytes": b"not an image", "path": None}} if i == 2 else {}, with_indices=True
+    )
+    index = CatalogIndex.build(tmp_path / "model", rows, tmp_path / "db", progress=False)
+    assert len(index) == 5 and index.last_update["skipped"] == 1
+    assert index.skipped[0][0] == catalog[2]["item_id"]
+
+
+def test_query_errors_name_the_fix(built):
+    index = CatalogIndex.open(built / "db")
+    with pytest.raises(ValueError, match="needs the image"):
+        index.search(modification="in red")
+    with pytest.raises(ValueError, match="give a text, an image"):
+        index.search()
+    with pytest.raises(FileNotFoundError, match="no catalogue index"):
+        CatalogIndex.open(built / "nothing-here")
