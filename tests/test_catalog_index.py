@@ -107,3 +107,16 @@ def test_query_errors_name_the_fix(built):
         index.search()
     with pytest.raises(FileNotFoundError, match="no catalogue index"):
         CatalogIndex.open(built / "nothing-here")
+
+
+def test_approximate_index_above_the_threshold(tmp_path, catalog):
+    """Above `ann_threshold` rows the image vectors get an IVF-PQ index; queries re-rank exactly (refine_factor),
+    so a catalogue image still finds itself first."""
+    training.save_random_model("e2", tmp_path / "model")
+    index = CatalogIndex.build(tmp_path / "model", catalog, tmp_path / "db", ann_threshold=256, progress=False)
+    assert any("image_vec" in str(i) for i in index._table.list_indices())
+    reopened = CatalogIndex.open(tmp_path / "db")
+    for row in (catalog[0], catalog[150]):
+        top = reopened.search(image=row["image"], k=1, group_by_product=False)[0]
+        assert top["item_id"] == row["item_id"]
+    assert len(reopened.search(text="a dress", filters={"gender": "women"}, k=10)) == 10
