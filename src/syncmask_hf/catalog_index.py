@@ -126,6 +126,44 @@ class CatalogIndex:
 
     # -- construction --------------------------------------------------------------------------------------
     @classmethod
+    def create(
+        cls,
+        model_path,
+        uri,
+        *,
+        dim: int | None = None,
+        device="cpu",
+        trust_remote_code: bool = False,
+        ann_threshold: int = DEFAULT_ANN_THRESHOLD,
+        overwrite: bool = False,
+    ) -> CatalogIndex:
+        """An empty index at `uri` for the model at `model_path` (its embedding size measured when `dim` is None).
+        An index already there is reopened when it was built with the same model, refused otherwise, unless
+        `overwrite`."""
+        lancedb = _lancedb()
+        db = lancedb.connect(str(uri))
+        if not overwrite and _has_index(db):
+            index = cls.open(uri, device=device, trust_remote_code=trust_remote_code)
+            if index.meta["model_path"] != str(model_path):
+                raise ValueError(
+                    f"{uri} holds an index of {index.meta['model_path']}, not {model_path}: choose another "
+                    "--index_uri, or overwrite it"
+                )
+            return index
+        encoder = _Encoder(str(model_path), device, trust_remote_code)
+        if dim is None:
+            dim = int(encoder.texts(["a"]).shape[1])
+        meta = {
+            "model_path": str(model_path),
+            "trust_remote_code": bool(trust_remote_code),
+            "ann_threshold": int(ann_threshold),
+            "dim": int(dim),
+        }
+        table = db.create_table(TABLE, schema=_schema(dim), mode="overwrite")
+        db.create_table(META_TABLE, data=[{"key": "meta", "value": json.dumps(meta)}], mode="overwrite")
+        return cls(db, table, meta, encoder)
+
+    @classmethod
     def build(
         cls,
         model_path,
@@ -140,24 +178,19 @@ class CatalogIndex:
     ) -> CatalogIndex:
         """Embed `dataset` (a `datasets.Dataset` in the catalogue schema, or a data-layer source string such as
         "hm:PATH") with the model at `model_path` into a new index at `uri` (an existing one there is replaced).
-        Images that do not decode are skipped and counted (`index.skipped`)."""
-        lancedb = _lancedb()
-        encoder = _Encoder(str(model_path), device, trust_remote_code)
-        db = lancedb.connect(str(uri))
-        meta = {
-            "model_path": str(model_path),
-            "trust_remote_code": bool(trust_remote_code),
-            "ann_threshold": int(ann_threshold),
-        }
-        index = cls(db, None, meta, encoder)
-        rows, skipped = index._embed(_rows_of(dataset), batch_size, progress)
-        if not rows:
-            raise ValueError(f"no catalogue item could be embedded ({len(skipped)} skipped): nothing to index")
-        meta["dim"] = int(len(rows[0]["image_vec"]))
-        index._table = db.create_table(TABLE, data=_to_arrow(rows), mode="overwrite")
-        db.create_table(META_TABLE, data=[{"key": "meta", "value": json.dumps(meta)}], mode="overwrite")
-        index.skipped = skipped
-        index.last_update = {"embedded": len(rows), "unchanged": 0, "skipped": len(skipped)}
+        Images that do not decode are skipped and counted (`index.skipped`). For several processes and resumable
+        runs, `examples/index_catalog.py`."""
+        index = cls.create(
+            model_path,
+            uri,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            ann_threshold=ann_threshold,
+            overwrite=True,
+        )
+        index.upsert(dataset, batch_size=batch_size, progress=progress)
+        if len(index) == 0:
+            raise ValueError(f"no catalogue item could be embedded ({len(index.skipped)} skipped): nothing to index")
         index.optimize()
         return index
 
@@ -166,8 +199,7 @@ class CatalogIndex:
         """An index `build` wrote at `uri`; the model it was built with is loaded when a query needs it."""
         lancedb = _lancedb()
         db = lancedb.connect(str(uri))
-        names = set(db.list_tables().tables if hasattr(db.list_tables(), "tables") else db.list_tables())
-        if TABLE not in names or META_TABLE not in names:
+        if not _has_index(db):
             raise FileNotFoundError(f"no catalogue index at {uri} (build one with CatalogIndex.build)")
         meta = json.loads(db.open_table(META_TABLE).to_arrow().to_pylist()[0]["value"])
         if trust_remote_code is not None:
@@ -231,23 +263,28 @@ class CatalogIndex:
                 out[r["item_id"]] = r["content_hash"]
         return out
 
-    def upsert(self, rows, *, batch_size: int = 64, progress: bool = False) -> dict:
-        """Add new items and replace changed ones (by `item_id`); only items whose image or text changed (content
-        hash) are embedded again. Returns and keeps in `last_update` the counts: embedded, unchanged, skipped."""
-        items = list(_rows_of(rows))
+    def embed_changed(self, items: list[dict], batch_size: int = 64, progress: bool = False):
+        """The embedded rows (an Arrow table, or None) of the `items` (from `catalog_rows`) that are new or whose
+        image or text changed, with the counts: embedded, unchanged, skipped."""
         known = self._hashes([i["item_id"] for i in items])
         changed = [i for i in items if known.get(i["item_id"]) != i["content_hash"]]
         new_rows, skipped = self._embed(changed, batch_size, progress)
-        if new_rows:
-            (
-                self._table.merge_insert("item_id")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(_to_arrow(new_rows))
-            )
-        self.last_update = {"embedded": len(new_rows), "unchanged": len(items) - len(changed), "skipped": len(skipped)}
         self.skipped = skipped
-        return self.last_update
+        counts = {"embedded": len(new_rows), "unchanged": len(items) - len(changed), "skipped": len(skipped)}
+        return (_to_arrow(new_rows) if new_rows else None), counts
+
+    def ingest(self, table) -> None:
+        """Insert or replace (by `item_id`) rows embedded already (an Arrow table from `embed_changed`)."""
+        self._table.merge_insert("item_id").when_matched_update_all().when_not_matched_insert_all().execute(table)
+
+    def upsert(self, rows, *, batch_size: int = 64, progress: bool = False) -> dict:
+        """Add new items and replace changed ones (by `item_id`); only items whose image or text changed (content
+        hash) are embedded again. Returns and keeps in `last_update` the counts: embedded, unchanged, skipped."""
+        table, counts = self.embed_changed(list(catalog_rows(rows)), batch_size, progress)
+        if table is not None:
+            self.ingest(table)
+        self.last_update = counts
+        return counts
 
     def delete(self, item_ids: Sequence[str]) -> int:
         """Remove items by id; returns how many were there."""
@@ -325,26 +362,43 @@ class CatalogIndex:
             limit *= 4
 
 
+def _has_index(db) -> bool:
+    listed = db.list_tables()
+    names = set(getattr(listed, "tables", listed))
+    return TABLE in names and META_TABLE in names
+
+
+def _schema(dim: int):
+    import pyarrow as pa
+
+    fields = [pa.field(c, pa.string()) for c in (*STRING_COLUMNS, "content_hash", "image_ref")]
+    fields += [pa.field(n, pa.list_(pa.float32(), dim)) for n in ("image_vec", "text_vec")]
+    return pa.schema(fields)
+
+
 def _to_arrow(rows: list[dict]):
     """Rows as an Arrow table whose vectors are fixed-size lists (what LanceDB searches)."""
     import pyarrow as pa
 
+    dim = len(rows[0]["image_vec"])
     columns = {c: pa.array([r[c] for r in rows], pa.string()) for c in (*STRING_COLUMNS, "content_hash", "image_ref")}
     for name in ("image_vec", "text_vec"):
         vecs = np.stack([r[name] for r in rows]).astype(np.float32)
         columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), vecs.shape[1])
-    return pa.table(columns)
+    return pa.table(columns, schema=_schema(dim))
 
 
-def _rows_of(dataset) -> Iterable[dict]:
-    """Catalogue rows as dicts with `content_hash` and `image_ref`, images left encoded (decoded only to embed)."""
+def catalog_rows(dataset) -> Iterable[dict]:
+    """Catalogue rows as dicts with `content_hash` and `image_ref`, images left encoded (decoded only to embed).
+    `dataset`: a `datasets.Dataset` / `IterableDataset` in the catalogue schema, a list of row dicts, or a data-layer
+    source string."""
     import datasets
 
     if isinstance(dataset, str):
         from .data import load_catalog
 
         dataset = load_catalog(dataset, skip_bad=True)
-    if isinstance(dataset, datasets.Dataset):
+    if isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)) and dataset.features is not None:
         feature = dataset.features.get("image")
         if isinstance(feature, datasets.Image) and feature.decode:
             dataset = dataset.cast_column("image", datasets.Image(decode=False))
