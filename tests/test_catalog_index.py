@@ -120,3 +120,23 @@ def test_approximate_index_above_the_threshold(tmp_path, catalog):
         top = reopened.search(image=row["image"], k=1, group_by_product=False)[0]
         assert top["item_id"] == row["item_id"]
     assert len(reopened.search(text="a dress", filters={"gender": "women"}, k=10)) == 10
+
+
+def test_index_benchmark_runs_small():
+    """examples/benchmarks/bench_index.py at 3,000 vectors: every row measured, exact rows exact, and a 1% filter
+    returns all k results (pre-filtering)."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("faiss")
+    path = Path(__file__).resolve().parents[1] / "examples" / "benchmarks" / "bench_index.py"
+    spec = importlib.util.spec_from_file_location("bench_index", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--num_vectors", "3000", "--dim", "32", "--queries", "20"])
+    assert set(rows) >= {"FAISS flat (memory)", "LanceDB exact, 1% filter", "LanceDB IVF-HNSW-SQ, 1% filter"}
+    assert rows["FAISS flat (memory)"]["recall@10"] == 1.0
+    assert rows["LanceDB exact (no vector index)"]["recall@10"] == 1.0
+    assert rows["LanceDB exact, 1% filter"]["recall@10"] == 1.0
+    assert all(r["returned"] == 10 for name, r in rows.items() if "LanceDB" in name)
+    assert all(r["p50 ms"] > 0 for r in rows.values())

@@ -1,0 +1,163 @@
+"""The catalogue index (LanceDB, as `CatalogIndex` stores it) against an in-memory flat FAISS index, side by side.
+
+    python examples/benchmarks/bench_index.py                               # 1,000,000 vectors of 512 dims
+    python examples/benchmarks/bench_index.py --num_vectors 100000 --dim 256
+
+Random unit vectors with a `category` column of 100 values (a filter on one value keeps 1% of the rows). Per
+backend: build time (for LanceDB writing the table and training its IVF-PQ index), size on disk, query latency p50 /
+p99 one query at a time (median of `--queries` queries after a warm-up) without and with the 1% filter, recall@10
+against exact search (for the filtered queries, exact search among the matching rows), and how many of the k
+results a filtered query returned. Flat FAISS is exact and in memory; it is the reference row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from syncmask_hf.evaluation import format_results_markdown
+
+
+def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):  # in slices: float64 draws of 1M x 512 would need 4 GB at once
+        block = rng.standard_normal((min(100_000, n - start), dim), dtype=np.float32)
+        out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def exact_top(vectors: np.ndarray, query: np.ndarray, k: int, rows: np.ndarray | None = None) -> set[int]:
+    scores = vectors @ query if rows is None else vectors[rows] @ query
+    top = np.argpartition(-scores, k)[:k]
+    return set((top if rows is None else rows[top]).tolist())
+
+
+def percentiles(times: list[float]) -> dict:
+    ms = sorted(1000 * t for t in times)
+    return {"p50 ms": statistics.median(ms), "p99 ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))]}
+
+
+def folder_size(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num_vectors", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=512, help="512: E2 at ViT-B/32 (CLIP's projection)")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--nprobes", type=int, default=20, help="IVF partitions searched per query")
+    p.add_argument("--refine_factor", type=int, default=10, help="candidates re-ranked exactly: k x this")
+    p.add_argument("--output_dir", default=None, help="where the LanceDB table goes (default: a temporary folder)")
+    args = p.parse_args(argv)
+
+    import faiss
+    import lancedb
+    import pyarrow as pa
+    from lancedb.index import IvfHnswSq, IvfPq
+
+    n, dim, k = args.num_vectors, args.dim, args.k
+    t = time.perf_counter()
+    vectors = unit_vectors(n, dim, seed=0)
+    categories = np.arange(n) % 100
+    queries = unit_vectors(args.queries + 10, dim, seed=1)
+    qcat = np.arange(len(queries)) % 100
+    print(f"{n:,} vectors of {dim} dims generated in {time.perf_counter() - t:.1f} s")
+    truth = [exact_top(vectors, q, k) for q in queries]
+    truth_filtered = [exact_top(vectors, q, k, np.flatnonzero(categories == c)) for q, c in zip(queries, qcat)]
+
+    rows = {}
+    # -- flat FAISS (exact, in memory): the reference
+    t = time.perf_counter()
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(vectors)
+    build = time.perf_counter() - t
+    times, recall = [], []
+    for i, q in enumerate(queries):
+        t = time.perf_counter()
+        _, ids = flat.search(q[None], k)
+        if i >= 10:  # after a warm-up
+            times.append(time.perf_counter() - t)
+            recall.append(len(truth[i] & set(ids[0].tolist())) / k)
+    rows["FAISS flat (memory)"] = {
+        "build s": build,
+        "disk MiB": n * dim * 4 / 2**20,
+        **percentiles(times),
+        f"recall@{k}": float(np.mean(recall)),
+    }
+
+    # -- LanceDB with an IVF-PQ index (what CatalogIndex builds above its threshold)
+    root = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_index_"))
+    shutil.rmtree(root / "db", ignore_errors=True)
+    db = lancedb.connect(str(root / "db"))
+    t = time.perf_counter()
+    table = pa.table(
+        {
+            "item_id": pa.array(np.arange(n).astype(str)),
+            "category": pa.array(categories.astype(str)),
+            "image_vec": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+        }
+    )
+    tbl = db.create_table("catalog", data=table, mode="overwrite")
+    write = time.perf_counter() - t
+    # A bitmap index on the filter column: a 1% filter reads 1% of the rows.
+    tbl.create_scalar_index("category", index_type="BITMAP")
+    write = time.perf_counter() - t
+
+    def lance(filtered: bool, exact: bool = False):
+        times, recall, returned = [], [], []
+        for i, q in enumerate(queries):
+            query = tbl.search(q, vector_column_name="image_vec").distance_type("dot").limit(k).select(["item_id"])
+            if exact:  # brute force over the (filtered) rows: CatalogIndex's choice for selective filters
+                query = query.bypass_vector_index()
+            else:
+                query = query.nprobes(args.nprobes).refine_factor(args.refine_factor)
+            if filtered:
+                query = query.where(f"category = '{qcat[i]}'", prefilter=True)
+            t = time.perf_counter()
+            got = query.to_list()
+            if i >= 10:
+                times.append(time.perf_counter() - t)
+                ids = {int(r["item_id"]) for r in got}
+                recall.append(len((truth_filtered if filtered else truth)[i] & ids) / k)
+                returned.append(len(got))
+        return {**percentiles(times), f"recall@{k}": float(np.mean(recall)), "returned": min(returned)}
+
+    size = folder_size(root / "db")
+    rows["LanceDB exact (no vector index)"] = {"build s": write, "disk MiB": size, **lance(False, exact=True)}
+    rows["LanceDB exact, 1% filter"] = {"build s": write, "disk MiB": size, **lance(True, exact=True)}
+    partitions = max(1, int(np.sqrt(n)))
+    for name, config in (
+        ("IVF-PQ", IvfPq(distance_type="dot", num_partitions=partitions, num_sub_vectors=max(1, dim // 8))),
+        ("IVF-HNSW-SQ", IvfHnswSq(distance_type="dot", num_partitions=max(1, partitions // 8))),
+    ):
+        t = time.perf_counter()
+        tbl.create_index("image_vec", config=config, replace=True)
+        index_s = time.perf_counter() - t
+        size = folder_size(root / "db")
+        rows[f"LanceDB {name}"] = {"build s": write + index_s, "disk MiB": size, **lance(False)}
+        rows[f"LanceDB {name}, 1% filter"] = {"build s": write + index_s, "disk MiB": size, **lance(True)}
+    ref = rows["FAISS flat (memory)"]["p50 ms"]
+    for row in rows.values():
+        row["p50 vs FAISS"] = row["p50 ms"] / ref
+    print(
+        f"{n:,} unit vectors, {dim} dims, k={k}, {args.queries} queries one at a time; IVF-PQ with "
+        f"{partitions} partitions and {max(1, dim // 8)} sub-vectors, IVF-HNSW-SQ with {max(1, partitions // 8)} "
+        f"partitions; nprobes {args.nprobes}, refine_factor {args.refine_factor}"
+    )
+    print(format_results_markdown(rows, digits=3))
+    if args.output_dir is None:
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
