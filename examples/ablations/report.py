@@ -52,6 +52,8 @@ def verdict(diffs, ci) -> str:
     if n < 2:
         return "too few paired seeds (need 2)"
     ahead = sum(d > 0 for d in diffs)
+    if n < 3:  # two pairs: the bootstrap interval is just their range, too little to call a direction
+        return f"preliminary: {n} seeds, the method ahead on {ahead}"
     if ci[0] > 0:
         return f"holds: the method is ahead on {ahead} of {n} seeds and the interval is above zero"
     if ci[1] < 0:
@@ -181,7 +183,7 @@ def render(records) -> str:
                 f"{np.mean(r['diffs']) if r['diffs'] else float('nan'):+.2f}, 95% CI {_fmt_ci(r['ci'])}. "
                 + (
                     f"The paper's direction {r['verdict']}."
-                    if r["verdict"][0] in "hdw"
+                    if r["verdict"][0] in "hdwp"
                     else f"{r['verdict'].capitalize()}."
                 )
                 if r["diffs"]
