@@ -79,6 +79,9 @@ MINILM = Start(
     steps=600,
 )
 
+# The CLIP-FT arm's arguments: every E2 switch off, the global loss alone at full weight.
+CLIP_FT_ARGS = override({**CLIP_FT, "global_loss_weight": 1.0})
+
 # E2's "adapt a pretrained CLIP", offline: a tiny CLIP (e2-tiny's towers, the CLIP-FT objective) trained on H&M,
 # then adapted on Myntra with E2's two stages (new parts alone for the first fifth of the steps, then everything).
 CLIP_HM_TO_MYNTRA = Start(
@@ -89,7 +92,7 @@ CLIP_HM_TO_MYNTRA = Start(
     datasets=("myntra:{data}/myntra",),
     prepare=(
         "--model", "e2", "--config", "e2-tiny", "--dataset", "hm:{data}/hm", "--seed", "0", "--max_steps", "1500",
-        *override({**CLIP_FT, "global_loss_weight": 1.0}),
+        *CLIP_FT_ARGS,
     ),
     arms=("e2_full", "clip_ft"),
 )  # fmt: skip
@@ -149,7 +152,7 @@ ABLATIONS: tuple[Ablation, ...] = (
         # (E2Config refuses the combination): removing them removes all three, which is the clip_ft arm.
         arms=(
             Arm("e2_full"),
-            Arm("clip_ft", override({**CLIP_FT, "global_loss_weight": 1.0})),
+            Arm("clip_ft", CLIP_FT_ARGS),
             Arm("no_fusion_blocks", override({"use_fusion_blocks": False})),
             Arm("no_regional_loss", override({"use_regional_loss": False, "global_loss_weight": 1.0})),
         ),
@@ -165,10 +168,10 @@ ABLATIONS: tuple[Ablation, ...] = (
         claim="E2's gain over CLIP-FT is larger at the smaller batch",
         arms=(
             Arm("e2_full_b16", ("--batch_size", "16")),
-            Arm("clip_ft_b16", ("--batch_size", "16", *override({**CLIP_FT, "global_loss_weight": 1.0}))),
+            Arm("clip_ft_b16", ("--batch_size", "16", *CLIP_FT_ARGS)),
             # The batch of every other ablation: the same commands as e2_components' arms, so trained once.
             Arm("e2_full_b32"),
-            Arm("clip_ft_b32", override({**CLIP_FT, "global_loss_weight": 1.0})),
+            Arm("clip_ft_b32", CLIP_FT_ARGS),
         ),
         comparisons=(
             ("e2_full_b16", "clip_ft_b16"),
@@ -187,7 +190,7 @@ ABLATIONS: tuple[Ablation, ...] = (
         # The encoders are e2_components' e2_full and clip_ft runs (same commands: trained once).
         arms=(
             Arm("e2_full", caption_args=CAPTION),
-            Arm("clip_ft", override({**CLIP_FT, "global_loss_weight": 1.0}), caption_args=CAPTION),
+            Arm("clip_ft", CLIP_FT_ARGS, caption_args=CAPTION),
         ),
         comparisons=(("e2_full", "clip_ft"),),
     ),
