@@ -67,22 +67,43 @@ def test_filters_pre_filter_and_keep_k_at_one_percent(built, catalog):
 
 
 def test_upsert_re_embeds_only_changed_items_and_delete(built, catalog, tmp_path):
+    """An upsert of 100 changed items (70 new texts, 30 new images) among 150 re-embeds exactly those 100: counted
+    both by `upsert` and at the encoder itself."""
     import shutil
+
+    from datasets import concatenate_datasets
 
     shutil.copytree(built / "db", tmp_path / "db")
     index = CatalogIndex.open(tmp_path / "db")
-    changed = catalog.select(range(5)).map(lambda r: {"text": r["text"] + " now in velvet"})
-    new = catalog.select(range(5, 7)).map(lambda r: {"item_id": r["item_id"] + "-new"})
-    same = catalog.select(range(7, 20))
-    from datasets import concatenate_datasets
+    seen = {"images": 0, "texts": 0}
+    for name in seen:
+        method = getattr(index.encoder, name)
 
-    counts = index.upsert(concatenate_datasets([changed, new, same]))
-    assert counts == {"embedded": 7, "unchanged": 13, "skipped": 0}
-    assert len(index) == len(catalog) + 2
-    hit = index.search(text="x", filters={"item_id": changed[0]["item_id"]}, k=1)[0]
+        def counted(batch, method=method, name=name):
+            batch = list(batch)
+            seen[name] += len(batch)
+            return method(batch)
+
+        setattr(index.encoder, name, counted)
+    new_text = catalog.select(range(70)).map(lambda r: {"text": r["text"] + " now in velvet"})
+    # A new photo of the item: another item's image (different bytes), same id and text.
+    images = catalog.select(range(200, 230))["image"]
+    new_image = catalog.select(range(70, 100)).map(lambda r, i: {"image": images[i]}, with_indices=True)
+    same = catalog.select(range(100, 150))
+    counts = index.upsert(concatenate_datasets([new_text, new_image, same]))
+    assert counts == {"embedded": 100, "unchanged": 50, "skipped": 0}
+    assert seen == {"images": 100, "texts": 100}
+    assert len(index) == len(catalog)
+    hit = index.search(text="x", filters={"item_id": new_text[0]["item_id"]}, k=1)[0]
     assert hit["text"].endswith("now in velvet")
-    assert index.upsert(changed)["embedded"] == 0  # nothing changed since
-    gone = [catalog[i]["item_id"] for i in range(20, 23)]
+    moved = index.search(image=images[0], k=2, group_by_product=False)
+    assert new_image[0]["item_id"] in {h["item_id"] for h in moved}  # the new photo is what is indexed now
+    before = dict(seen)
+    assert index.upsert(new_text)["embedded"] == 0 and seen == before  # nothing changed since: nothing encoded
+    added = catalog.select(range(5, 7)).map(lambda r: {"item_id": r["item_id"] + "-new"})
+    assert index.upsert(added) == {"embedded": 2, "unchanged": 0, "skipped": 0}
+    assert len(index) == len(catalog) + 2
+    gone = [catalog[i]["item_id"] for i in range(250, 253)]
     assert index.delete([*gone, "no-such-item"]) == 3
     assert len(index) == len(catalog) - 1
     assert index.search(text="x", filters={"item_id": gone}, k=3) == []

@@ -50,21 +50,27 @@ def _lancedb():
     return lancedb
 
 
-def content_hash(image, text: str) -> str:
-    """What an upsert compares: the image (its bytes, or a file's path, size and modification time) and the text."""
-    h = hashlib.sha256()
+def image_token(image) -> bytes:
+    """What identifies an image without decoding it: its encoded bytes' digest, or a file's path, size and
+    modification time (shared with `CatalogSearch`'s catalogue digest)."""
     if isinstance(image, dict):
         image = image.get("bytes") or image.get("path")
     if isinstance(image, (bytes, bytearray)):
-        h.update(hashlib.sha256(image).digest())
-    elif isinstance(image, (str, os.PathLike)):
+        return hashlib.sha256(image).digest()
+    if isinstance(image, (str, os.PathLike)):
         try:
             st = os.stat(image)
-            h.update(f"{image}:{st.st_size}:{st.st_mtime_ns}".encode())
+            return f"{image}:{st.st_size}:{st.st_mtime_ns}".encode()
         except OSError:
-            h.update(f"{image}:missing".encode())
-    elif image is not None:  # a decoded PIL image
-        h.update(image.tobytes() + repr((image.mode, image.size)).encode())
+            return f"{image}:missing".encode()
+    if hasattr(image, "tobytes"):  # a decoded PIL image
+        return hashlib.sha256(image.tobytes()).digest() + repr((image.mode, image.size)).encode()
+    return repr(image).encode()
+
+
+def content_hash(image, text: str) -> str:
+    """What an upsert compares: the image (`image_token`) and the text."""
+    h = hashlib.sha256(image_token(image))
     h.update(b"\x1e" + (text or "").encode())
     return h.hexdigest()[:32]
 
@@ -88,8 +94,9 @@ def filter_sql(filters: dict | None) -> str | None:
     return " AND ".join(clauses)
 
 
-class _Encoder:
-    """The model's one feature contract (`get_image_features` / `get_text_features`), unit-normalised."""
+class FeatureEncoder:
+    """A model folder's one feature contract (`get_image_features` / `get_text_features`), unit-normalised: what
+    `CatalogIndex` and `CatalogSearch` embed with."""
 
     def __init__(self, model_path: str, device="cpu", trust_remote_code: bool = False):
         from transformers import AutoModel, AutoProcessor
@@ -102,24 +109,30 @@ class _Encoder:
         self.processor = load_pretrained(AutoProcessor, model_path, **remote)
 
     @torch.no_grad()
-    def images(self, images) -> np.ndarray:
+    def image_features(self, images) -> torch.Tensor:
         inputs = self.processor(images=list(images), return_tensors="pt")
         out = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
-        return F.normalize(out.pooler_output.float(), dim=-1).cpu().numpy()
+        return F.normalize(out.pooler_output.float(), dim=-1).cpu()
 
     @torch.no_grad()
-    def texts(self, texts) -> np.ndarray:
+    def text_features(self, texts) -> torch.Tensor:
         inputs = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
         out = self.model.get_text_features(
             input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
         )
-        return F.normalize(out.pooler_output.float(), dim=-1).cpu().numpy()
+        return F.normalize(out.pooler_output.float(), dim=-1).cpu()
+
+    def images(self, images) -> np.ndarray:
+        return self.image_features(images).numpy()
+
+    def texts(self, texts) -> np.ndarray:
+        return self.text_features(texts).numpy()
 
 
 class CatalogIndex:
     """A catalogue embedded by one model, in a LanceDB table at `uri`. Build with `build`, reopen with `open`."""
 
-    def __init__(self, db, table, meta: dict, encoder: _Encoder | None = None):
+    def __init__(self, db, table, meta: dict, encoder: FeatureEncoder | None = None):
         self._db, self._table, self.meta = db, table, meta
         self._encoder = encoder
         #: counts of the last `build` / `upsert`: embedded, unchanged, skipped (bad images), deleted
@@ -152,7 +165,7 @@ class CatalogIndex:
                     "--index_uri, or overwrite it"
                 )
             return index
-        encoder = _Encoder(str(model_path), device, trust_remote_code)
+        encoder = FeatureEncoder(str(model_path), device, trust_remote_code)
         if dim is None:
             dim = int(encoder.texts(["a"]).shape[1])
         meta = {
@@ -211,9 +224,9 @@ class CatalogIndex:
         return index
 
     @property
-    def encoder(self) -> _Encoder:
+    def encoder(self) -> FeatureEncoder:
         if self._encoder is None:
-            self._encoder = _Encoder(
+            self._encoder = FeatureEncoder(
                 self.meta["model_path"], getattr(self, "_device", "cpu"), self.meta.get("trust_remote_code", False)
             )
         return self._encoder

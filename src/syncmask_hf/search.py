@@ -25,7 +25,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from .catalog_index import CatalogIndex  # noqa: F401  (re-exported: syncmask_hf.search.CatalogIndex)
+from .catalog_index import (
+    CatalogIndex,  # noqa: F401  (re-exported: syncmask_hf.search.CatalogIndex)
+    FeatureEncoder,
+    image_token,
+)
 from .models import image_loading as _image_loading
 
 logger = logging.getLogger(__name__)
@@ -169,24 +173,8 @@ def _catalog_digest(texts: list[str], product_ids: list[str], images) -> str:
     for text, product in zip(texts, product_ids):
         h.update(f"{product}\x1f{text}\x1e".encode())
     for image in images:
-        h.update(_image_token(image))
+        h.update(image_token(image))
     return h.hexdigest()[:16]
-
-
-def _image_token(image) -> bytes:
-    if isinstance(image, dict):
-        image = image.get("bytes") or image.get("path")
-    if isinstance(image, (bytes, bytearray)):
-        return hashlib.sha256(image).digest()
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            st = os.stat(image)
-            return f"{image}:{st.st_size}:{st.st_mtime_ns}".encode()
-        except OSError:
-            return f"{image}:missing".encode()
-    if isinstance(image, Image.Image):
-        return hashlib.sha256(image.tobytes()).digest() + repr((image.mode, image.size)).encode()
-    return repr(image).encode()
 
 
 def _undecoded(catalog):
@@ -233,15 +221,15 @@ class CatalogSearch:
         max_items=None,
         trust_remote_code=False,
     ):
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoModel
 
         from .specs import load_pretrained
 
         self.device = torch.device(device)
         self.model_path = str(model)
         remote = {"trust_remote_code": trust_remote_code}
-        self.model = load_pretrained(AutoModel, self.model_path, **remote).to(self.device).eval()
-        self.processor = load_pretrained(AutoProcessor, self.model_path, **remote)
+        self.encoder = FeatureEncoder(self.model_path, device, trust_remote_code)
+        self.model, self.processor = self.encoder.model, self.encoder.processor
         self.load_report = None
         if isinstance(catalog, str):
             from .data import load_catalog
@@ -270,19 +258,11 @@ class CatalogSearch:
         self._attribute_cache: dict[str, tuple[list[str], torch.Tensor]] = {}
 
     # -- encoding ------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        inputs = self.processor(images=images, return_tensors="pt")
-        feats = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
-        return F.normalize(feats.pooler_output.float(), dim=-1).cpu()
+        return self.encoder.image_features(images)
 
-    @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
-        feats = self.model.get_text_features(
-            input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
-        )
-        return F.normalize(feats.pooler_output.float(), dim=-1).cpu()
+        return self.encoder.text_features(texts)
 
     def _build_index(self, catalog_key: str) -> None:
         """Embed the catalogue (or load its cached embeddings) and build the FAISS indexes. Unreadable images are
