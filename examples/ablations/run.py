@@ -93,29 +93,29 @@ def data_name(datasets) -> str:
     return "+".join(d.split(":")[0] for d in datasets)
 
 
-def evaluate_command(pretrain: list[str], arm: Arm) -> list[str]:
-    """examples/evaluate.py over the run's final model, on the same held-out products (same datasets and seed)."""
+def over_final_model(pretrain: list[str], script: str, extra: list[str], folder: str, *head: str) -> list[str]:
+    """`script` over the run's final model with the run's datasets and seed (so its held-out split), writing to
+    `<run>/<folder>-<hash of extra>`."""
     out = Path(pretrain[pretrain.index("--output_dir") + 1])
-    cmd = ["python", "examples/evaluate.py", "--model_path", str(out / "final"), "--no_progress"]
+    cmd = ["python", script, "--model_path", str(out / "final"), *head]
     for i, a in enumerate(pretrain):
         if a in ("--dataset", "--seed"):
             cmd += [a, pretrain[i + 1]]
-    suffix = hashlib.sha1(shlex.join(arm.evaluate_args).encode()).hexdigest()[:8]
-    return [*cmd, *arm.evaluate_args, "--output_dir", str(out / f"evaluate-{suffix}")]
+    suffix = hashlib.sha1(shlex.join(extra).encode()).hexdigest()[:8]
+    return [*cmd, *extra, "--output_dir", str(out / f"{folder}-{suffix}")]
+
+
+def evaluate_command(pretrain: list[str], arm: Arm) -> list[str]:
+    """examples/evaluate.py over the run's final model, on the same held-out products."""
+    return over_final_model(pretrain, "examples/evaluate.py", list(arm.evaluate_args), "evaluate", "--no_progress")
 
 
 def caption_command(pretrain: list[str], arm: Arm, caption_steps: int = 0) -> list[str]:
-    """examples/train_captioner.py over the run's final encoder, with the run's datasets and seed (its split)."""
-    out = Path(pretrain[pretrain.index("--output_dir") + 1])
-    cmd = ["python", "examples/train_captioner.py", "--model_path", str(out / "final")]
-    for i, a in enumerate(pretrain):
-        if a in ("--dataset", "--seed"):
-            cmd += [a, pretrain[i + 1]]
+    """examples/train_captioner.py over the run's final encoder (its split: the run's datasets and seed)."""
     extra = list(arm.caption_args)
     if caption_steps:  # a smoke run's override of the captioner's step budget
         extra[extra.index("--max_steps") + 1] = str(caption_steps)
-    suffix = hashlib.sha1(shlex.join(extra).encode()).hexdigest()[:8]
-    return [*cmd, *extra, "--output_dir", str(out / f"captioner-{suffix}")]
+    return over_final_model(pretrain, "examples/train_captioner.py", extra, "captioner")
 
 
 CAPTION_METRICS = {"BLEU-4": "bleu4", "CIDEr-D": "cider_d", "ROUGE-L": "rouge_l"}
