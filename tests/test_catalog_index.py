@@ -161,3 +161,28 @@ def test_index_benchmark_runs_small():
     assert rows["LanceDB exact, 1% filter"]["recall@10"] == 1.0
     assert all(r["returned"] == 10 for name, r in rows.items() if "LanceDB" in name)
     assert all(r["p50 ms"] > 0 for r in rows.values())
+
+
+def test_index_benchmark_real_catalogue_mode(tmp_path):
+    """bench_index.py --model_path: indexing throughput against the encoder's and the approximate index's recall
+    on the model's own embeddings of a catalogue."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "benchmarks" / "bench_index.py"
+    spec = importlib.util.spec_from_file_location("bench_index", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    training.save_random_model("e2", tmp_path / "model")
+    argv = ["--num_vectors", "0", "--model_path", str(tmp_path / "model"), "--catalog", "synthetic:300"]
+    rows = bench.main([*argv, "--catalog_items", "256", "--queries", "20", "--batch_size", "32"])
+    encoder, indexer = rows["encoder alone (decoded images, in memory)"], rows["CatalogIndex upsert (files -> index)"]
+    assert encoder["items/s"] > 0 and indexer["items/s"] > 0
+    assert indexer["share of encoder"] == pytest.approx(indexer["items/s"] / encoder["items/s"])
+    assert indexer["recall@10"] >= 0.8  # approximate, but on 256 items it finds nearly all of the exact top 10
+
+
+def test_search_vector_checks_its_size(built):
+    index = CatalogIndex.open(built / "db")
+    with pytest.raises(ValueError, match="query vector of"):
+        index.search_vector([0.0, 1.0], k=3)

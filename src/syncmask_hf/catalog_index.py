@@ -236,34 +236,54 @@ class CatalogIndex:
 
     # -- embedding -----------------------------------------------------------------------------------------
     def _embed(self, items: Iterable[dict], batch_size: int, progress: bool) -> tuple[list[dict], list]:
+        """Embed `items` in batches; the next batch's images are read and decoded in a background thread while
+        the model encodes the current one (PIL releases the GIL), so file reading is not what bounds the indexer."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm.auto import tqdm
 
         from .models.image_loading import FashionInputError, load_image
 
-        rows, skipped, batch = [], [], []
+        rows, skipped = [], []
 
-        def flush():
-            images, kept = [], []
+        def decode(batch):
+            images, kept, bad = [], [], []
             for item in batch:
                 try:
                     images.append(load_image(item["image"], item_id=item["item_id"]))
                     kept.append(item)
                 except FashionInputError as err:
-                    skipped.append((item["item_id"], str(err)))
+                    bad.append((item["item_id"], str(err)))
+            return images, kept, bad
+
+        def encode(images, kept, bad):
+            skipped.extend(bad)
             if kept:
                 image_vecs = self.encoder.images(images)
                 text_vecs = self.encoder.texts([item["text"] or "" for item in kept])
                 for item, iv, tv in zip(kept, image_vecs, text_vecs):
                     rows.append({**{c: item[c] for c in STRING_COLUMNS}, "content_hash": item["content_hash"],
                                  "image_ref": item["image_ref"], "image_vec": iv, "text_vec": tv})  # fmt: skip
-            batch.clear()
 
-        for item in tqdm(items, desc="embedding catalogue", unit="item", disable=not progress):
-            batch.append(item)
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
+        def batches():
+            batch = []
+            for item in tqdm(items, desc="embedding catalogue", unit="item", disable=not progress):
+                batch.append(item)
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-decode") as pool:
+            pending = None
+            for batch in batches():
+                ahead = pool.submit(decode, batch)
+                if pending is not None:
+                    encode(*pending.result())
+                pending = ahead
+            if pending is not None:
+                encode(*pending.result())
         for item_id, reason in skipped:
             logger.warning("catalogue index: skipped %s: %s", item_id, reason)
         return rows, skipped
@@ -354,9 +374,15 @@ class CatalogIndex:
         """The `k` best items (or products, with `group_by_product`: each product's best image) for a query, among
         the items that match `filters` ({column: value or list of values}, e.g. {"gender": "Women"}). Each hit is a
         dict with `item_id`, `product_id`, `score` (cosine), `text`, `image_ref` and the catalogue's metadata."""
+        return self.search_vector(self.query_vector(text, image, modification), filters, k, group_by_product)
+
+    def search_vector(self, vec, filters=None, k: int = 10, group_by_product: bool = True) -> list[dict]:
+        """`search` for a query embedding already computed (unit norm, the model's embedding size)."""
         if k < 1:
             raise ValueError(f"k must be >= 1 (got {k})")
-        vec = self.query_vector(text, image, modification)
+        vec = np.asarray(vec, dtype=np.float32)
+        if vec.shape != (self.meta["dim"],):
+            raise ValueError(f"a query vector of {self.meta['dim']} values is needed (got shape {vec.shape})")
         where = filter_sql(filters)
         limit = k * 4 if group_by_product else k
         approximate = len(self) >= self.meta["ann_threshold"]
