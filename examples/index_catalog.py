@@ -8,7 +8,9 @@
 
 The catalogue is cut into chunks of `--chunk_size` rows in its own order; each process embeds its share of the
 chunks (`Accelerator.split_between_processes`), writes each embedded chunk to `<index_uri>/_staging/` (one Arrow file,
-renamed into place when complete), and the main process merges them into the index at the end. Rows already in the
+renamed into place when complete), and the main process merges them into the index at the end. The staging area
+lives beside the index on the same filesystem (pyarrow's: a local folder, `file://`, `s3://`, `gs://`, ...), so
+machines that share an object-store `--index_uri` share it too. Rows already in the
 index with the same content (image and text hash) are not embedded again, so a killed run started again resumes: the
 staged chunks are kept, the merged rows are skipped, and only the rest is embedded. `--streaming` reads the source
 without loading it whole. Bad images are skipped and counted. Safe by default: model code from another package runs
@@ -69,7 +71,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     accelerator = Accelerator(cpu=multi_cpu_launch())
-    staging = Path(args.index_uri, STAGING)
+    staging = Staging(args.index_uri)
     if accelerator.is_main_process:
         CatalogIndex.create(
             args.model_path,
@@ -78,7 +80,7 @@ def main(argv=None) -> dict:
             ann_threshold=args.ann_threshold,
             overwrite=args.overwrite,
         )
-        staging.mkdir(parents=True, exist_ok=True)
+        staging.create()
     accelerator.wait_for_everyone()
     index = CatalogIndex.open(args.index_uri, device=accelerator.device, trust_remote_code=args.trust_remote_code)
 
@@ -98,8 +100,8 @@ def main(argv=None) -> dict:
         bar.update(len(chunk))
         if c % world != rank:
             continue
-        path = staging / f"chunk-{c:07d}.arrow"
-        if path.exists():  # embedded by an earlier, killed run and not merged yet
+        name = f"chunk-{c:07d}.arrow"
+        if staging.exists(name):  # embedded by an earlier, killed run and not merged yet
             counts["staged_before"] += len(chunk)
             continue
         table, chunk_counts = index.embed_changed(chunk, args.batch_size)
@@ -108,40 +110,74 @@ def main(argv=None) -> dict:
         for item_id, reason in index.skipped:
             logger.warning("skipped %s: %s", item_id, reason)
         if table is not None:
-            _write_atomic(table, path)
+            staging.write(name, table)
     bar.close()
     totals = gather_object([counts])
     accelerator.wait_for_everyone()
 
     summary = {}
     if accelerator.is_main_process:
-        staged = sorted(staging.glob("chunk-*.arrow"))
-        for path in staged:
-            index.ingest(_read(path))
-            path.unlink()  # merged: a later run finds these rows in the index by their hash
+        staged = staging.chunks()
+        for name in staged:
+            index.ingest(staging.read(name))
+            staging.remove(name)  # merged: a later run finds these rows in the index by their hash
         index.optimize()
         summary = {k: sum(t[k] for t in totals) for k in counts}
         summary.update({"rows_in_index": len(index), "chunks_merged": len(staged), "processes": world})
-        Path(args.index_uri, "index_report.json").write_text(json.dumps(summary, indent=2))
+        staging.write_report(json.dumps(summary, indent=2))
         print(json.dumps(summary))
     accelerator.wait_for_everyone()
     return summary
 
 
-def _write_atomic(table, path: Path) -> None:
-    import pyarrow as pa
+class Staging:
+    """`<index_uri>/_staging/` on the index's own filesystem (pyarrow.fs: local, file://, s3://, gs://, ...): one
+    Arrow IPC file per embedded chunk, written under a temporary name and moved into place when complete."""
 
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(tmp, path)
+    def __init__(self, index_uri):
+        from pyarrow import fs
 
+        uri = str(index_uri)
+        self.fs, root = fs.FileSystem.from_uri(uri if "://" in uri else Path(uri).resolve().as_uri())
+        self.root = root.rstrip("/")
+        self.dir = f"{self.root}/{STAGING}"
 
-def _read(path: Path):
-    import pyarrow as pa
+    def create(self) -> None:
+        self.fs.create_dir(self.dir, recursive=True)
 
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()
+    def exists(self, name: str) -> bool:
+        from pyarrow import fs
+
+        return self.fs.get_file_info(f"{self.dir}/{name}").type != fs.FileType.NotFound
+
+    def chunks(self) -> list[str]:
+        from pyarrow import fs
+
+        infos = self.fs.get_file_info(fs.FileSelector(self.dir, allow_not_found=True))
+        return sorted(
+            i.base_name for i in infos if i.base_name.startswith("chunk-") and i.base_name.endswith(".arrow")
+        )
+
+    def write(self, name: str, table) -> None:
+        import pyarrow as pa
+
+        tmp = f"{self.dir}/{name}.tmp{os.getpid()}"
+        with self.fs.open_output_stream(tmp) as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        self.fs.move(tmp, f"{self.dir}/{name}")  # the chunk's name appears only once it is complete
+
+    def read(self, name: str):
+        import pyarrow as pa
+
+        with self.fs.open_input_file(f"{self.dir}/{name}") as source:
+            return pa.ipc.open_file(source).read_all()
+
+    def remove(self, name: str) -> None:
+        self.fs.delete_file(f"{self.dir}/{name}")
+
+    def write_report(self, text: str) -> None:
+        with self.fs.open_output_stream(f"{self.root}/index_report.json") as sink:
+            sink.write(text.encode())
 
 
 if __name__ == "__main__":
