@@ -160,7 +160,7 @@ def random_vectors(args) -> dict:
     import faiss
     import lancedb
     import pyarrow as pa
-    from lancedb.index import IvfHnswSq, IvfPq
+    from lancedb.index import Bitmap, IvfHnswSq, IvfPq
 
     n, dim, k = args.num_vectors, args.dim, args.k
     t = time.perf_counter()
@@ -207,7 +207,7 @@ def random_vectors(args) -> dict:
     tbl = db.create_table("catalog", data=table, mode="overwrite")
     write = time.perf_counter() - t
     # A bitmap index on the filter column: a 1% filter reads 1% of the rows.
-    tbl.create_scalar_index("category", index_type="BITMAP")
+    tbl.create_index("category", config=Bitmap())
     write = time.perf_counter() - t
 
     def lance(filtered: bool, exact: bool = False):

@@ -337,15 +337,12 @@ class CatalogIndex:
         n = len(self)
         if n < self.meta["ann_threshold"]:
             return
-        from lancedb.index import IvfHnswSq
+        from lancedb.index import Bitmap, BTree, IvfHnswSq
 
         partitions = max(1, int(np.sqrt(n)) // 8)
         self._table.create_index("image_vec", config=IvfHnswSq(distance_type="dot", num_partitions=partitions))
-        for column in ("product_id", "item_id"):
-            self._table.create_scalar_index(column, index_type="BTREE")
-        for column in FILTER_COLUMNS:
-            if column not in ("product_id", "item_id"):
-                self._table.create_scalar_index(column, index_type="BITMAP")
+        for column in FILTER_COLUMNS:  # ids: a B-tree (unique values); the rest: few values, a bitmap
+            self._table.create_index(column, config=BTree() if column in ("product_id", "item_id") else Bitmap())
 
     # -- queries -------------------------------------------------------------------------------------------
     def query_vector(self, text=None, image=None, modification=None) -> np.ndarray:
