@@ -186,7 +186,7 @@ def test_model_card_metadata_and_body(published):
     card = ModelCard.load(published["downloaded"] / "README.md")
     data = card.data
     assert data.library_name == "transformers"
-    assert data.pipeline_tag == "feature-extraction"
+    assert data.pipeline_tag == "zero-shot-image-classification"
     assert data.license == "apache-2.0"
     assert {"fashion", "tiny_dual"} <= set(data.tags)
     assert data.datasets == ["fashiongen"]
@@ -303,6 +303,32 @@ def test_write_model_card_variants(published, tmp_path):
     assert results == {("full", "i2t.r1"): 0.5, ("full", "i2t.r10"): 0.875}
     assert "| full | 0.5000 | 0.8750 |" in nested.text
     assert "caption = model.generate(pixel_values)" in nested.text and "get_image_features" not in nested.text
+
+
+def test_card_shows_retrieval_recall_and_sumr_only(published, tmp_path):
+    """An eval_results.json as pretrain.py writes it: the card keeps R@1/5/10 both ways and SumR per protocol, names
+    the protocols, and drops counts, skipped queries, standard deviations and the training details."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    (folder / "config.json").write_text((published["folder"] / "config.json").read_text())
+    recalls = {f"{d}_R@{k}": 10.0 * k + (d == "t2i") for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    results = {
+        "full": {**recalls, "sumR": 164.0, "i2t_skipped_queries": 0, "num_image_queries": 2700},
+        "sample100": {**recalls, "sumR": 164.0, "i2t_R@1_std": 0.36, "draws": 5},
+        "spread": {"image_mean_cosine": 0.07},
+        "chance": {"full_R@1": 0.05},
+        "training": {"model": "e2", "steps": 1500},
+    }
+    card = write_model_card(folder, model_name="tiny", metrics=results)
+    got = {(r.dataset_config, r.metric_type) for r in card.data.eval_results}
+    assert got == {(p, m) for p in ("full", "sample100") for m in (*recalls, "sumR")}
+    table = card.text.split("## Evaluation")[1].split("##")[0]
+    assert "| protocol | i2t_R@1 | i2t_R@5 | i2t_R@10 | t2i_R@1 | t2i_R@5 | t2i_R@10 | sumR |" in table
+    assert "| full | 10.00 | 50.00 | 100.00 | 11.00 | 51.00 | 101.00 | 164.00 |" in table
+    cells = "\n".join(line for line in table.splitlines() if line.startswith("|"))
+    for dropped in ("std", "skipped", "num_image_queries", "draws", "mean_cosine", "steps"):
+        assert dropped not in cells
+    assert "`sample100`: sample-100" in table and "`full`: full gallery" in table
 
 
 def test_publish_private_and_failure_modes(hub, published, tmp_path, monkeypatch):

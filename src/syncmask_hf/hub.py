@@ -277,6 +277,28 @@ def _flatten_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, dict[str, fl
     return tables, details
 
 
+#: What a model card reports of a retrieval results dict (pretrain.py's / evaluate.py's `eval_results.json`): R@1/5/10
+#: both ways and SumR per protocol; counts, skipped queries and standard deviations stay in the JSON.
+CARD_RETRIEVAL_METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "sumR")
+PROTOCOLS = {
+    "full": "full gallery: every held-out image against every held-out text",
+    "sample100": "sample-100: the positive among 99 negatives of the query's sub-category (mean of 5 draws)",
+    "full_itm": "full gallery, top 16 re-ranked by the ITM head",
+    "sample100_itm": "sample-100, top 16 re-ranked by the ITM head",
+}
+
+
+def card_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The compact metrics a card shows: for each retrieval protocol in `results` (a sub-dict with `sumR`), R@1/5/10
+    both ways and SumR. Results with no retrieval protocol pass through unchanged."""
+    protocols = {
+        name: {m: values[m] for m in CARD_RETRIEVAL_METRICS if m in values}
+        for name, values in results.items()
+        if isinstance(values, Mapping) and "sumR" in values
+    }
+    return protocols or dict(results)
+
+
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], metric_format: bool = False) -> str:
     def cell(value):
         if metric_format and isinstance(value, float):  # recall in % -> 2 decimals; fractions keep 4
@@ -312,8 +334,10 @@ def write_model_card(
 
     `metrics` is a results dict such as `{"full": {"i2t_r1": 41.2, ...}, "sample100": {...}}` (top-level numbers count
     as protocol "all"); each number becomes a model-index `EvalResult` (protocol as `dataset_config`) and a table cell.
+    Retrieval results (`eval_results.json`) are reduced to R@1/5/10 both ways and SumR per protocol (`card_metrics`).
     `repo_id` is what the usage snippet loads (defaults to `model_name`). The pipeline tag defaults to
-    `image-to-text` for captioning configs and `feature-extraction` (embeddings for retrieval) otherwise. `usage`
+    `image-to-text` for captioning configs and `zero-shot-image-classification` (a dual encoder scoring an image
+    against texts, what the Hub's widget runs) otherwise. `usage`
     replaces the generated dual-encoder snippet (`usage_snippet`), e.g. for a captioner.
     """
     folder = Path(folder)
@@ -323,11 +347,11 @@ def write_model_card(
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
     base_models = [base_model] if isinstance(base_model, str) else list(base_model or [])
     if pipeline_tag is None:
-        pipeline_tag = "image-to-text" if model_type and "caption" in model_type else "feature-extraction"
+        pipeline_tag = "image-to-text" if model_type and "caption" in model_type else "zero-shot-image-classification"
     all_tags = ["fashion", "vision-language", "image-text-retrieval", "syncmask_hf"]
     all_tags += [t for t in ([model_type] if model_type else []) + list(tags) if t not in all_tags]
 
-    tables, details = _flatten_metrics(metrics or {})
+    tables, details = _flatten_metrics(card_metrics(metrics or {}))
     eval_results = [
         EvalResult(
             task_type=task_type,
@@ -367,6 +391,9 @@ def write_model_card(
         metric_names = list(dict.fromkeys(m for values in tables.values() for m in values))
         rows = [[protocol, *[values.get(m, "–") for m in metric_names]] for protocol, values in tables.items()]
         sections += ["", "## Evaluation", "", _markdown_table(["protocol", *metric_names], rows, metric_format=True)]
+        legend = [f"- `{p}`: {PROTOCOLS[p]}" for p in tables if p in PROTOCOLS]
+        if legend:
+            sections += ["", "Recall in %, on held-out products; SumR is the sum of the six recalls.", *legend]
         if details:
             sections += ["", *[f"- `{k}`: {v}" for k, v in details.items()]]
     sections += ["", "## Training data", ""]
