@@ -24,7 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="trained model folder (weights, config with auto_map, code files, processor)")
     parser.add_argument("--repo_id", required=True, help="model repo to create / update, e.g. user/syncmask-base")
-    parser.add_argument("--metrics", help="results JSON, e.g. {'full': {'i2t_r1': ...}, 'sample100': {...}}")
+    parser.add_argument(
+        "--metrics", help="results JSON (default: the folder's eval_results.json, as pretrain.py writes it)"
+    )
     parser.add_argument("--training_args", help="JSON of training arguments (default: <folder>/training_args.json)")
     parser.add_argument("--model_name", help="title of the model card (default: the repo name)")
     parser.add_argument("--datasets", nargs="*", default=[], help="training datasets (Hub ids or names)")
@@ -61,7 +63,9 @@ def main(argv=None) -> dict[str, str]:
         check_model_folder(folder)  # fail before writing anything into the folder
     except HubFolderError as error:
         raise SystemExit(f"error: {error}") from error
-    metrics = _load_json(args.metrics, "metrics file") if args.metrics else None
+    # By default the folder's own eval_results.json (what pretrain.py writes): the same card as --push_to_hub.
+    metrics_path = args.metrics or (folder / "eval_results.json" if (folder / "eval_results.json").is_file() else None)
+    metrics = _load_json(metrics_path, "metrics file") if metrics_path else None
     training_args_path = args.training_args or (folder / "training_args.json")
     training_args = (
         _load_json(training_args_path, "training arguments") if Path(training_args_path).is_file() else None

@@ -310,14 +310,15 @@ def test_card_shows_retrieval_recall_and_sumr_only(published, tmp_path):
     the protocols, and drops counts, skipped queries, standard deviations and the training details."""
     folder = tmp_path / "card"
     folder.mkdir()
-    (folder / "config.json").write_text((published["folder"] / "config.json").read_text())
+    config = json.loads((published["folder"] / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "e2"}))
     recalls = {f"{d}_R@{k}": 10.0 * k + (d == "t2i") for d in ("i2t", "t2i") for k in (1, 5, 10)}
     results = {
         "full": {**recalls, "sumR": 164.0, "i2t_skipped_queries": 0, "num_image_queries": 2700},
         "sample100": {**recalls, "sumR": 164.0, "i2t_R@1_std": 0.36, "draws": 5},
         "spread": {"image_mean_cosine": 0.07},
         "chance": {"full_R@1": 0.05},
-        "training": {"model": "e2", "steps": 1500},
+        "training": {"model": "e2", "steps": 1500, "samples_seen": 48000, "datasets": ["hm:data/hm"]},
     }
     card = write_model_card(folder, model_name="tiny", metrics=results)
     got = {(r.dataset_config, r.metric_type) for r in card.data.eval_results}
@@ -329,6 +330,9 @@ def test_card_shows_retrieval_recall_and_sumr_only(published, tmp_path):
     for dropped in ("std", "skipped", "num_image_queries", "draws", "mean_cosine", "steps"):
         assert dropped not in cells
     assert "`sample100`: sample-100" in table and "`full`: full gallery" in table
+    assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.datasets == ["hm:data/hm"]
+    assert "Trained for 1,500 optimizer steps, 48,000 image-text pairs seen." in card.text
+    assert "## Citation" in card.text and "Easy Regional Contrastive Learning" in card.text
 
 
 def test_publish_private_and_failure_modes(hub, published, tmp_path, monkeypatch):
@@ -456,3 +460,28 @@ def test_real_demo_space_runs_from_its_own_files(hub, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"SPACE-OK 0.0.0.0 7861 {MODEL_REPO}" in done.stdout
     assert hub.unexpected == []
+
+
+def test_pretrain_push_to_hub_writes_the_same_card_as_push_to_hub_py(hub, tmp_path):
+    """pretrain.py --push_to_hub and push_to_hub.py on the saved folder write the same card: metrics from
+    eval_results.json, the run's arguments (never the token), steps, data, citation."""
+    out = tmp_path / "run"
+    env = _online_env(PYTHONPATH=str(REPO_ROOT / "src"), HF_HOME=str(tmp_path / "hf_home"), HF_ENDPOINT=hub.url)
+    pretrain = [sys.executable, str(REPO_ROOT / "examples" / "pretrain.py"), "--model", "e2", "--dataset",
+                "synthetic:160", "--batch_size", "8", "--max_steps", "3", "--report_to", "none", "--num_workers", "0",
+                "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "tester/pretrained-card",
+                "--hub_token", TOKEN]  # fmt: skip
+    done = subprocess.run(pretrain, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\nunexpected: {hub.unexpected}"
+    from_pretrain = (out / "final" / "README.md").read_text()
+    push = [sys.executable, str(REPO_ROOT / "examples" / "push_to_hub.py"), str(out / "final"), "--repo_id",
+            "tester/pretrained-card", "--token", TOKEN, "--endpoint", hub.url]  # fmt: skip
+    done = subprocess.run(push, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "final" / "README.md").read_text() == from_pretrain
+    card = ModelCard.load(out / "final" / "README.md")
+    assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.datasets == ["synthetic:160"]
+    assert {r.dataset_config for r in card.data.eval_results} == {"full", "sample100"}
+    assert "Trained for 3 optimizer steps" in card.text and "## Citation" in card.text
+    assert TOKEN not in card.text and "hub_token" not in card.text
+    assert "| max_steps | 3 |" in card.text

@@ -277,9 +277,6 @@ def _flatten_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, dict[str, fl
     return tables, details
 
 
-#: What a model card reports of a retrieval results dict (pretrain.py's / evaluate.py's `eval_results.json`): R@1/5/10
-#: both ways and SumR per protocol; counts, skipped queries and standard deviations stay in the JSON.
-CARD_RETRIEVAL_METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "sumR")
 PROTOCOLS = {
     "full": "full gallery: every held-out image against every held-out text",
     "sample100": "sample-100: the positive among 99 negatives of the query's sub-category (mean of 5 draws)",
@@ -288,11 +285,38 @@ PROTOCOLS = {
 }
 
 
+#: The paper each model type implements, cited on its card.
+CITATIONS = {
+    "syncmask": """@inproceedings{song2024syncmask,
+  title     = {SyncMask: Synchronized Attentional Masking for Fashion-centric Vision-Language Pretraining},
+  author    = {Song, Chull Hwan and Hwang, Taebaek and Yoon, Jooyoung and Choi, Shunghyun and Gu, Yeong Hyeon},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2024},
+  note      = {arXiv:2404.01156}
+}""",
+    "e2": """@inproceedings{qi2024e2,
+  title     = {Easy Regional Contrastive Learning of Expressive Fashion Representations},
+  author    = {Qi, Daiqing and Zhao, Handong and Li, Sheng},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2024}
+}""",
+    "fashionfae": """@article{huang2024fashionfae,
+  title   = {FashionFAE: Fine-grained Attributes Enhanced Fashion Vision-Language Pre-training},
+  author  = {Huang, Jiale and Gao, Dehong and Zhang, Jinxia and Zhan, Zechao and Hu, Yang and Wang, Xin},
+  journal = {arXiv preprint arXiv:2412.19997},
+  year    = {2024}
+}""",
+}
+
+
 def card_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
     """The compact metrics a card shows: for each retrieval protocol in `results` (a sub-dict with `sumR`), R@1/5/10
-    both ways and SumR. Results with no retrieval protocol pass through unchanged."""
+    both ways and SumR (`training.RECALL_COLUMNS`); counts, skipped queries and standard deviations stay in the
+    JSON. Results with no retrieval protocol pass through unchanged."""
+    from .training import RECALL_COLUMNS
+
     protocols = {
-        name: {m: values[m] for m in CARD_RETRIEVAL_METRICS if m in values}
+        name: {m: values[m] for m in RECALL_COLUMNS if m in values}
         for name, values in results.items()
         if isinstance(values, Mapping) and "sumR" in values
     }
@@ -344,6 +368,9 @@ def write_model_card(
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     model_type = config.get("model_type")
     repo_id = repo_id or model_name
+    # pretrain.py's eval_results.json says what the model was trained on and for how long.
+    training = (metrics or {}).get("training") if isinstance((metrics or {}).get("training"), Mapping) else {}
+    datasets = datasets or training.get("datasets")
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
     base_models = [base_model] if isinstance(base_model, str) else list(base_model or [])
     if pipeline_tag is None:
@@ -401,12 +428,17 @@ def write_model_card(
         sections += [f"- `{d}`" for d in datasets]
     else:
         sections.append("Not recorded.")
+    if training.get("steps"):
+        seen = f", {training['samples_seen']:,} image-text pairs seen" if training.get("samples_seen") else ""
+        sections += ["", f"Trained for {training['steps']:,} optimizer steps{seen}."]
     if base_models:
         sections += ["", "Initialised from: " + ", ".join(f"`{b}`" for b in base_models) + "."]
     if training_args:
         sections += ["", "## Training arguments", ""]
         sections.append(_markdown_table(["argument", "value"], [[k, v] for k, v in training_args.items()]))
     sections += ["", "## Usage", "", "```python", usage or usage_snippet(folder, repo_id), "```", ""]
+    if model_type in CITATIONS:
+        sections += ["## Citation", "", "```bibtex", CITATIONS[model_type], "```", ""]
 
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(sections))
     card.save(folder / "README.md")

@@ -343,6 +343,10 @@ def pretrain(args):
             "datasets": args.dataset or ["synthetic:2400"],
         }
         save_results(results, final / "eval_results.json")
+        # The run's arguments beside its results, without the Hub token: the card (pretrain's --push_to_hub, or
+        # push_to_hub.py on this folder later) lists them.
+        training_args = {k: v for k, v in vars(args).items() if k != "hub_token"}
+        (final / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
         print(summary_table(results))
         warn_if_collapsed(results, "held-out test products")
         if progress.skipped_items:
@@ -352,19 +356,10 @@ def pretrain(args):
             from .hub import publish
 
             repo_id = args.hub_model_id or f"{args.model}-fashion"
-            summary = {
-                name: {k: results[name][k] for k in training.RECALL_COLUMNS if k in results[name]}
-                for name in ("full", "sample100")
-            }
-            training_args = {k: v for k, v in vars(args).items() if k != "hub_token"}
-            urls = publish(
-                final,
-                repo_id,
-                metrics=summary,
-                training_args=training_args,
-                datasets=args.dataset or ["synthetic"],
-                token=args.hub_token,
-            )
+            # The same card as `push_to_hub.py FOLDER` writes from the folder's eval_results.json and
+            # training_args.json (read back, so both see the same JSON values).
+            training_args = json.loads((final / "training_args.json").read_text())
+            urls = publish(final, repo_id, metrics=results, training_args=training_args, token=args.hub_token)
             print(f"pushed to {urls['model']}")
     accelerator.end_training()
     return results
