@@ -161,6 +161,11 @@ def test_index_benchmark_runs_small():
     assert rows["LanceDB exact, 1% filter"]["recall@10"] == 1.0
     assert all(r["returned"] == 10 for name, r in rows.items() if "LanceDB" in name)
     assert all(r["p50 ms"] > 0 for r in rows.values())
+    # Catalogue-like vectors (around 30 centres), one index only: exact rows stay exact, every query gets k.
+    clustered = bench.main(["--num_vectors", "3000", "--dim", "32", "--queries", "20", "--clusters", "30",
+                            "--indexes", "IVF-HNSW-SQ"])  # fmt: skip
+    assert clustered["LanceDB exact, 1% filter"]["recall@10"] == 1.0
+    assert "LanceDB IVF-PQ" not in clustered and clustered["LanceDB IVF-HNSW-SQ"]["returned"] == 10
 
 
 def test_index_benchmark_real_catalogue_mode(tmp_path):

@@ -43,6 +43,23 @@ def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     return out
 
 
+def clustered_vectors(n: int, dim: int, clusters: int, cosine: float, seed: int) -> np.ndarray:
+    """Unit vectors around `clusters` random centres (products, with their colour variants and look-alikes), each at
+    an expected cosine `cosine` with its centre: what a catalogue's embeddings look like, unlike uniform vectors,
+    whose neighbours are all nearly equidistant."""
+    rng = np.random.default_rng(seed)
+    centres = unit_vectors(clusters, dim, seed + 1)
+    # For noise of norm r (a Gaussian scaled to r / sqrt(dim)) around a unit centre, cos ~= 1 / sqrt(1 + r^2).
+    r = np.sqrt(1.0 / cosine**2 - 1.0)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        block = centres[rng.integers(0, clusters, m)]
+        block = block + rng.standard_normal((m, dim), dtype=np.float32) * np.float32(r / np.sqrt(dim))
+        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
 def exact_top(vectors: np.ndarray, query: np.ndarray, k: int, rows: np.ndarray | None = None) -> set[int]:
     scores = vectors @ query if rows is None else vectors[rows] @ query
     top = np.argpartition(-scores, k)[:k]
@@ -63,6 +80,13 @@ def main(argv=None) -> dict:
     p.add_argument("--num_vectors", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=512, help="512: E2 at ViT-B/32 (CLIP's projection)")
     p.add_argument("--queries", type=int, default=200)
+    p.add_argument(
+        "--clusters",
+        type=int,
+        default=0,
+        help="0: uniform random unit vectors; N: vectors around N centres (a catalogue-like structure)",
+    )
+    p.add_argument("--cluster_cosine", type=float, default=0.8, help="expected cosine of a vector with its centre")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--nprobes", type=int, default=20, help="IVF partitions searched per query")
     p.add_argument("--refine_factor", type=int, default=10, help="candidates re-ranked exactly: k x this")
@@ -164,9 +188,13 @@ def random_vectors(args) -> dict:
 
     n, dim, k = args.num_vectors, args.dim, args.k
     t = time.perf_counter()
-    vectors = unit_vectors(n, dim, seed=0)
+    if args.clusters:  # queries are drawn like the catalogue (a new photo or text of a known kind of product)
+        both = clustered_vectors(n + args.queries + 10, dim, args.clusters, args.cluster_cosine, seed=0)
+        vectors, queries = both[:n], both[n:]
+    else:
+        vectors = unit_vectors(n, dim, seed=0)
+        queries = unit_vectors(args.queries + 10, dim, seed=1)
     categories = np.arange(n) % 100
-    queries = unit_vectors(args.queries + 10, dim, seed=1)
     qcat = np.arange(len(queries)) % 100
     print(f"{n:,} vectors of {dim} dims generated in {time.perf_counter() - t:.1f} s")
     truth = [exact_top(vectors, q, k) for q in queries]
@@ -252,7 +280,9 @@ def random_vectors(args) -> dict:
     for row in rows.values():
         row["p50 vs FAISS"] = row["p50 ms"] / ref
     print(
-        f"{n:,} unit vectors, {dim} dims, k={k}, {args.queries} queries one at a time; IVF-PQ with "
+        f"{n:,} unit vectors, {dim} dims"
+        + (f" around {args.clusters:,} centres (cosine {args.cluster_cosine})" if args.clusters else " (uniform)")
+        + f", k={k}, {args.queries} queries one at a time; IVF-PQ with "
         f"{partitions} partitions and {max(1, dim // 8)} sub-vectors, IVF-HNSW-SQ with {max(1, partitions // 8)} "
         f"partitions; nprobes {args.nprobes}, refine_factor {args.refine_factor}"
     )
