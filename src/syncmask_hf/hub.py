@@ -369,7 +369,8 @@ def write_model_card(
     model_type = config.get("model_type")
     repo_id = repo_id or model_name
     # pretrain.py's eval_results.json says what the model was trained on and for how long.
-    training = (metrics or {}).get("training") if isinstance((metrics or {}).get("training"), Mapping) else {}
+    training = (metrics or {}).get("training")
+    training = training if isinstance(training, Mapping) else {}
     datasets = datasets or training.get("datasets")
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
     base_models = [base_model] if isinstance(base_model, str) else list(base_model or [])

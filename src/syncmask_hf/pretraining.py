@@ -344,9 +344,11 @@ def pretrain(args):
         }
         save_results(results, final / "eval_results.json")
         # The run's arguments beside its results, without the Hub token: the card (pretrain's --push_to_hub, or
-        # push_to_hub.py on this folder later) lists them.
-        training_args = {k: v for k, v in vars(args).items() if k != "hub_token"}
-        (final / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
+        # push_to_hub.py on this folder later) lists them. Kept as their JSON values, so both cards read the same.
+        training_args_json = json.dumps(
+            {k: v for k, v in vars(args).items() if k != "hub_token"}, indent=2, default=str
+        )
+        (final / "training_args.json").write_text(training_args_json)
         print(summary_table(results))
         warn_if_collapsed(results, "held-out test products")
         if progress.skipped_items:
@@ -357,8 +359,8 @@ def pretrain(args):
 
             repo_id = args.hub_model_id or f"{args.model}-fashion"
             # The same card as `push_to_hub.py FOLDER` writes from the folder's eval_results.json and
-            # training_args.json (read back, so both see the same JSON values).
-            training_args = json.loads((final / "training_args.json").read_text())
+            # training_args.json.
+            training_args = json.loads(training_args_json)
             urls = publish(final, repo_id, metrics=results, training_args=training_args, token=args.hub_token)
             print(f"pushed to {urls['model']}")
     accelerator.end_training()
