@@ -17,7 +17,7 @@ gradio_client = pytest.importorskip("gradio_client")
 os.environ["SYNCMASK_DEMO_NO_AUTOLOAD"] = "1"
 
 from demo.app import build_demo, launch  # noqa: E402
-from syncmask_hf.search import CatalogSearch  # noqa: E402
+from syncmask_hf.search import ATTRIBUTES, CatalogSearch  # noqa: E402
 
 from .helpers import save_tiny_model  # noqa: E402
 
@@ -30,10 +30,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _save_trained_combiner(model_dir: Path, seed: int = 0) -> None:
+    """What finetune_tgir.py leaves in a folder: a combiner (here with random, non-zero weights) beside the model."""
+    import torch
+    from transformers import AutoModel
+
+    from syncmask_hf.tgir import ComposedQueryModel
+
+    torch.manual_seed(seed)
+    wrapper = ComposedQueryModel(AutoModel.from_pretrained(model_dir))
+    torch.nn.init.normal_(wrapper.combiner[2].weight, std=0.5)
+    wrapper.save_combiner(model_dir)
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     model_dir = save_tiny_model("syncmask", root / "model")
+    _save_trained_combiner(model_dir)  # the text-guided tab must use it
     return CatalogSearch(model_dir, "synthetic:48", cache_dir=root / "cache")
 
 
@@ -119,16 +133,130 @@ def test_modified_search_endpoint(client, photo):
 
 
 def test_describe_endpoint(client, photo, engine):
-    caption, attributes, overlay, legend = client.predict(gradio_client.handle_file(photo), api_name="/describe")
+    caption, *labels, overlay, key = client.predict(gradio_client.handle_file(photo), api_name="/describe")
     assert caption.startswith("(closest catalogue text)") and len(caption) > 30
-    assert set(attributes) >= {"category", "color"}
-    assert overlay is None  # a SyncMask model has no selection tokens
+    # one gr.Label per attribute the catalogue has values for, each with its top values and probabilities
+    names = [a for a, values in engine.filter_values(ATTRIBUTES).items() if len(values) > 1]
+    assert len(labels) == len(names) and {"category", "color"} <= set(names)
+    for name, label in zip(names, labels):
+        assert label["label"] in engine.filter_values((name,))[name]
+        confidences = [c["confidence"] for c in label["confidences"]]
+        assert 1 <= len(confidences) <= 3 and confidences == sorted(confidences, reverse=True)
+        assert 0 < sum(confidences) <= 1 + 1e-6
+    assert overlay is None and key == ""  # a SyncMask model has no selection tokens
+
+
+def _matches(engine, row: int, filters: dict) -> bool:
+    return all(engine.catalog[row][c] in v for c, v in filters.items())
+
+
+def test_filtered_query_returns_k_matching_products(client, engine):
+    """Pre-filtered: every hit matches, and there are k (12) of them whenever k products match; when fewer match,
+    all of them come back."""
+
+    def products(results):
+        return [item["caption"].split(" · ")[1] for item in results]
+
+    def matching(filters):
+        return {engine.product_ids[r] for r in range(len(engine.catalog)) if _matches(engine, r, filters)}
+
+    broad = {"gender": ["women"]}  # 14 of 24 products
+    assert len(matching(broad)) > 12
+    found = products(client.predict("red dress", **broad, api_name="/text_search"))
+    assert len(found) == 12 and set(found) <= matching(broad)
+
+    narrow = {"gender": ["women"], "category": ["dresses", "tops"]}  # 8 products
+    assert 2 <= len(matching(narrow)) < 12
+    found = products(client.predict("red dress", **narrow, api_name="/text_search"))
+    assert sorted(found) == sorted(matching(narrow))
+    # the same filters narrow the image and the text-guided searches
+    photo = gradio_client.handle_file(engine.image_path(0))
+    shown, _ = client.predict(photo, **narrow, api_name="/image_search")
+    assert sorted(products(shown)) == sorted(matching(narrow))
+    changed = client.predict(photo, "in red", **narrow, api_name="/modified_search")
+    assert sorted(products(changed)) == sorted(matching(narrow))
+
+
+def test_results_are_grouped_by_product_unless_unticked(client):
+    grouped = [item["caption"].split(" · ")[1] for item in client.predict("striped dress", api_name="/text_search")]
+    assert len(grouped) == 12 and len(set(grouped)) == 12
+    every_photo = client.predict("striped dress", one_per_product=False, api_name="/text_search")
+    products = [item["caption"].split(" · ")[1] for item in every_photo]
+    assert len(products) == 12 and len(set(products)) < 12  # two photos per product: some product shows twice
+
+
+def test_text_guided_search_uses_the_fine_tuned_combiner(engine, photo):
+    """The folder has finetune_tgir.py's combiner: the query is its composition, not the zero-shot sum."""
+    import torch
+    import torch.nn.functional as F
+
+    from syncmask_hf.tgir import ComposedQueryModel
+
+    assert engine.tgir_head == "combiner"
+    query = engine.modified_query(photo, "in red")
+    wrapper = ComposedQueryModel.from_folder(engine.model, engine.model_path).eval()
+    pixels = engine.processor(images=[engine.image(0)], return_tensors="pt")["pixel_values"]
+    tokens = engine.processor(text=["in red"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = wrapper.get_query_features(pixels, tokens["input_ids"], tokens["attention_mask"])[0]
+    zero_shot = F.normalize(engine.encode_images([engine.image(0)])[0] + engine.encode_texts(["in red"])[0], dim=-1)
+    assert torch.allclose(query, expected, atol=1e-5)
+    assert float(query @ zero_shot) < 0.999  # the trained combiner moved the query
+
+
+def test_syncmask_fusion_head_folder_is_used_by_the_text_guided_search(tmp_path):
+    """A folder finetune_tgir.py saved with SyncMask's fusion head is served with that head."""
+    import torch
+
+    from syncmask_hf import SyncMaskConfig
+    from syncmask_hf.specs import task_head
+
+    base = save_tiny_model("syncmask", tmp_path / "base")
+    head_class = task_head(SyncMaskConfig.from_pretrained(base), "tgir")
+    head = head_class.from_pretrained(base)
+    shutil.copytree(base, tmp_path / "fused")  # the processor files
+    head.save_pretrained(tmp_path / "fused")  # config (architectures) and weights, as finetune_tgir.py saves them
+    search = CatalogSearch(tmp_path / "fused", "synthetic:12", cache_dir=tmp_path / "cache")
+    assert search.tgir_head == "fusion"
+    pixels = search.processor(images=[search.image(0)], return_tensors="pt")["pixel_values"]
+    tokens = search.processor(text=["in red"], return_tensors="pt", padding=True)
+    head.eval()
+    with torch.no_grad():
+        expected = head.get_query_features(pixels, tokens["input_ids"], tokens["attention_mask"])[0]
+    assert torch.allclose(search.modified_query(search.image(0), "in red"), expected, atol=1e-5)
+    assert len(search.search_modified(search.image(0), "in red", k=3)) == 3
+
+
+def test_a_bad_upload_is_cleared_on_upload_with_its_reason(tmp_path, photo, monkeypatch):
+    """Checked when dropped, not when Search is pressed: the box is cleared and the reason shown."""
+    from demo.app import check_upload
+
+    warnings = []
+    monkeypatch.setattr(gr, "Warning", lambda message: warnings.append(message))
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not a picture")
+    assert check_upload({"path": str(bad), "orig_name": "notes.png"}) is None
+    assert len(warnings) == 1 and "not an image" in warnings[0] and "notes.png" in warnings[0]
+    kept = check_upload({"path": photo, "orig_name": "query.png"})
+    assert not isinstance(kept, dict) or "path" not in kept  # gr.skip(): the upload stays as it is
+    assert len(warnings) == 1
+
+
+def test_spaces_persistent_storage_holds_the_index(monkeypatch, tmp_path):
+    from demo import app
+
+    monkeypatch.delenv("INDEX_CACHE", raising=False)
+    monkeypatch.setattr(app.os.path, "isdir", lambda p: p == "/data" or os.path.isdir(p))
+    monkeypatch.setattr(app.os, "access", lambda p, mode: p == "/data")
+    assert app.default_cache_dir() == "/data/syncmask_hf"
+    monkeypatch.setenv("INDEX_CACHE", str(tmp_path))
+    assert app.default_cache_dir() == str(tmp_path)
 
 
 def test_e2_describe_draws_the_picked_patches_inside_the_region_the_model_saw(tmp_path):
     """An E2 checkpoint (the main job's model) through the app's describe endpoint: its processor resizes the short
     side and centre-crops, so on a 300 x 200 photo the patch boxes lie in the central 200 x 200 square."""
-    from syncmask_hf.search import ENTITY_COLOURS, model_view_box
+    from syncmask_hf.search import ENTITY_COLOURS, colour_key, model_view_box
 
     e2 = CatalogSearch(save_tiny_model("e2", tmp_path / "e2"), "synthetic:24", cache_dir=tmp_path / "cache")
     assert model_view_box((300, 200), e2.processor.image_processor) == (50.0, 0.0, 200.0, 200.0)
@@ -140,14 +268,15 @@ def test_e2_describe_draws_the_picked_patches_inside_the_region_the_model_saw(tm
                 allowed_paths=[str(e2.cache_dir)])  # fmt: skip
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-        _, _, overlay, legend = client.predict(gradio_client.handle_file(str(photo)), api_name="/describe")
+        *_, overlay, key = client.predict(gradio_client.handle_file(str(photo)), api_name="/describe")
     finally:
         demo.close()
     picture = Image.open(overlay).convert("RGB")
     assert picture.size == (300, 200)
-    assert set(legend["value"] if isinstance(legend, dict) and "value" in legend else legend) == set(
-        e2.model.config.entities
-    )
+    # the colour key names every entity, each beside a swatch in the colour its boxes are drawn in
+    for entity, colour in colour_key(e2.model.config).items():
+        assert f"<b>{entity}</b>" in key and colour in key.split(f"<b>{entity}</b>")[0].rsplit("<span", 1)[1]
+    assert len(set(colour_key(e2.model.config).values())) == len(e2.model.config.entities)
     colours = {tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in ENTITY_COLOURS}
 
     def coloured_columns(x0, x1):
@@ -238,9 +367,20 @@ def test_32_concurrent_queries_are_all_answered(client):
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_browser_search_and_upload(server, photo, tmp_path):
+def test_browser_search_filters_grouping_and_text_guided_head(server, engine, photo, tmp_path):
+    """In Chromium: a text search narrowed to women's products (every card a women's product, one per product), the
+    image tab, a bad file cleared as soon as it is dropped, and the text-guided tab (served by the fine-tuned
+    combiner, named in the header). Screenshots: DEMO_SCREENSHOT (default a temporary file) and its siblings."""
     playwright = pytest.importorskip("playwright.sync_api")
     screenshot = Path(os.environ.get("DEMO_SCREENSHOT", tmp_path / "demo.png"))
+    women = {engine.product_ids[r] for r in range(len(engine.catalog)) if engine.catalog[r]["gender"] == "women"}
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not a picture")
+
+    def products(selector):
+        captions = page.locator(f"{selector} img").evaluate_all("els => els.map(e => e.alt || '')")
+        return [c.split(" · ")[1] for c in captions if " · " in c]
+
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -253,19 +393,49 @@ def test_browser_search_and_upload(server, photo, tmp_path):
                 "--no-first-run",
             ],
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server, wait_until="networkidle")
+        assert "fine-tuned combiner" in page.locator("body").inner_text()
+        page.locator("#filter-gender input").click()
+        page.get_by_role("option", name="women", exact=True).click()
+        page.keyboard.press("Escape")
         page.locator("#text-query textarea").fill("blue striped shirt")
         page.locator("#text-search").click()
         page.wait_for_selector("#text-results img", timeout=60_000)
-        assert page.locator("#text-results img").count() >= 6
+        page.wait_for_timeout(500)
+        shown = products("#text-results")
+        assert len(shown) == 12 and set(shown) <= women and len(set(shown)) == 12  # filtered, one per product
         page.screenshot(path=str(screenshot.with_name(screenshot.stem + "-text.png")), full_page=True)
+        page.locator("#group-by-product input").uncheck()  # every photo: a product's two photos both show
+        page.locator("#text-search").click()
+        page.wait_for_function(
+            "() => { const a = [...document.querySelectorAll('#text-results img')].map(e => e.alt.split(' · ')[1]);"
+            " return a.length === 12 && new Set(a).size < 12; }",
+            timeout=60_000,
+        )
+        assert set(products("#text-results")) <= women
+        page.locator("#group-by-product input").check()
+
         page.get_by_role("tab", name="Image → products & texts").click()
+        page.locator("#image-query input[type=file]").set_input_files(str(bad))
+        page.wait_for_timeout(1500)
+        assert "not an image" in page.locator("body").inner_text()  # the warning, before any Search
+        assert page.locator("#image-query img").count() == 0  # cleared: no broken thumbnail
         page.locator("#image-query input[type=file]").set_input_files(photo)
         page.locator("#image-search").click()
         page.wait_for_selector("#image-results img", timeout=60_000)
-        assert page.locator("#image-results img").count() >= 6
-        page.screenshot(path=str(screenshot), full_page=True)  # the uploaded photo and its results
+        page.wait_for_timeout(500)
+        assert set(products("#image-results")) <= women
+
+        page.get_by_role("tab", name="This, but …").click()
+        page.locator("#modified-reference input[type=file]").set_input_files(photo)
+        page.locator("#modified-text textarea").fill("in red")
+        page.locator("#modified-search").click()
+        page.wait_for_selector("#modified-results img", timeout=60_000)
+        page.wait_for_timeout(500)
+        changed = products("#modified-results")
+        assert len(changed) >= 6 and set(changed) <= women and len(set(changed)) == len(changed)
+        page.screenshot(path=str(screenshot), full_page=True)  # the text-guided tab with its filtered results
         browser.close()
     assert screenshot.stat().st_size > 10_000 and screenshot.with_name(screenshot.stem + "-text.png").is_file()
 

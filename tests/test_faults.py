@@ -201,7 +201,7 @@ def _truncated_catalogue_image(tmp_path, row, model_dir):
     assert [(r, item) for r, item, _ in engine.skipped] == [(2, "2.png")]
     assert row.expected in engine.skipped[0][2]
     assert any("1 of 6 catalogue images" in r.getMessage() for r in records)
-    assert len(engine.image_index) == 5 and 2 not in {h.index for h in engine.search_text("dress", k=10)}
+    assert len(engine.index) == 5 and 2 not in {h.index for h in engine.search_text("dress", k=10)}
     assert len(engine.text_index) == 6  # its text stays searchable
 
 
@@ -212,7 +212,7 @@ def _missing_catalogue_image(tmp_path, row, model_dir):
     (catalog / "4.png").unlink()
     engine = CatalogSearch(model_dir, f"folder:{catalog}", cache_dir=tmp_path / "cache")
     assert engine.load_report.num_skipped == 1 and row.expected in engine.load_report.skipped[0][1]
-    assert len(engine.image_index) == 5
+    assert len(engine.index) == 5
 
 
 class _Killed(Exception):

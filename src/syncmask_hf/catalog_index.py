@@ -151,10 +151,13 @@ class CatalogIndex:
         trust_remote_code: bool = False,
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         overwrite: bool = False,
+        encoder: FeatureEncoder | None = None,
+        extra_meta: dict | None = None,
     ) -> CatalogIndex:
         """An empty index at `uri` for the model at `model_path` (its embedding size measured when `dim` is None).
         An index already there is reopened when it was built with the same model, refused otherwise, unless
-        `overwrite`."""
+        `overwrite`. `encoder`: the model already loaded (not loaded again); `extra_meta`: kept in the index's
+        metadata (`meta`), e.g. what the caller needs to tell whether the index is current."""
         lancedb = _lancedb()
         db = lancedb.connect(str(uri))
         if not overwrite and _has_index(db):
@@ -164,8 +167,10 @@ class CatalogIndex:
                     f"{uri} holds an index of {index.meta['model_path']}, not {model_path}: choose another "
                     "--index_uri, or overwrite it"
                 )
+            if encoder is not None:
+                index._encoder = encoder
             return index
-        encoder = FeatureEncoder(str(model_path), device, trust_remote_code)
+        encoder = encoder or FeatureEncoder(str(model_path), device, trust_remote_code)
         if dim is None:
             dim = int(encoder.texts(["a"]).shape[1])
         meta = {
@@ -173,6 +178,7 @@ class CatalogIndex:
             "trust_remote_code": bool(trust_remote_code),
             "ann_threshold": int(ann_threshold),
             "dim": int(dim),
+            **(extra_meta or {}),
         }
         table = db.create_table(TABLE, schema=_schema(dim), mode="overwrite")
         db.create_table(META_TABLE, data=[{"key": "meta", "value": json.dumps(meta)}], mode="overwrite")
@@ -373,8 +379,13 @@ class CatalogIndex:
         dict with `item_id`, `product_id`, `score` (cosine), `text`, `image_ref` and the catalogue's metadata."""
         return self.search_vector(self.query_vector(text, image, modification), filters, k, group_by_product)
 
-    def search_vector(self, vec, filters=None, k: int = 10, group_by_product: bool = True) -> list[dict]:
-        """`search` for a query embedding already computed (unit norm, the model's embedding size)."""
+    def search_vector(
+        self, vec, filters=None, k: int = 10, group_by_product: bool = True, column: str = "image_vec"
+    ) -> list[dict]:
+        """`search` for a query embedding already computed (unit norm, the model's embedding size). `column`:
+        `image_vec` (the items' photos) or `text_vec` (their texts: which catalogue texts describe a photo)."""
+        if column not in ("image_vec", "text_vec"):
+            raise ValueError(f"column must be 'image_vec' or 'text_vec' (got {column!r})")
         if k < 1:
             raise ValueError(f"k must be >= 1 (got {k})")
         vec = np.asarray(vec, dtype=np.float32)
@@ -382,20 +393,21 @@ class CatalogIndex:
             raise ValueError(f"a query vector of {self.meta['dim']} values is needed (got shape {vec.shape})")
         where = filter_sql(filters)
         limit = k * 4 if group_by_product else k
-        approximate = len(self) >= self.meta["ann_threshold"]
+        # only the image vectors get an approximate index (`optimize`); text vectors are searched exactly
+        approximate = column == "image_vec" and len(self) >= self.meta["ann_threshold"]
         if approximate and where and self._table.count_rows(where) <= EXACT_FILTERED_ROWS:
             # A selective filter: exact search among its rows is cheap and cannot miss (an IVF index probes
             # partitions first, then filters, and loses matches: recall@10 0.5 at 1% selectivity).
             approximate = False
         while True:
-            query = self._table.search(vec, vector_column_name="image_vec").distance_type("dot")
+            query = self._table.search(vec, vector_column_name=column).distance_type("dot")
             if where:
                 query = query.where(where, prefilter=True)
             if approximate:
                 query = query.refine_factor(10)
-            elif len(self) >= self.meta["ann_threshold"]:
+            elif column == "image_vec" and len(self) >= self.meta["ann_threshold"]:
                 query = query.bypass_vector_index()
-            hits = query.limit(limit).select([*STRING_COLUMNS, "image_ref"]).to_list()
+            hits = query.limit(limit).select([*STRING_COLUMNS, "image_ref", "_distance"]).to_list()
             out, seen = [], set()
             for h in hits:
                 if group_by_product and h["product_id"] in seen:

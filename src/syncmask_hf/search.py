@@ -2,11 +2,10 @@
 
 `CatalogSearch` loads a model folder or Hub id (remote code is fine), embeds a catalogue once (cached on disk, keyed
 by the model's weights and the catalogue's fingerprint), and answers text -> products, image -> products / texts,
-reference image + modification text -> products, zero-shot attributes, captions (with a captioner, else the closest
-catalogue text, labelled as such) and, for E2, the patches each selection token picked.
-
-`CatalogIndex` (module `catalog_index`, re-exported here) is the persistent alternative for catalogues that change:
-a LanceDB table with metadata filters, product grouping, upserts and deletions.
+reference image + modification text -> products (with the folder's fine-tuned TGIR head when it has one), zero-shot
+attributes, captions (with a captioner, else the closest catalogue text, labelled as such) and, for E2, the patches
+each selection token picked. Product searches go through a `CatalogIndex` (module `catalog_index`, re-exported
+here: a LanceDB table with metadata filters, product grouping, upserts and deletions) written beside the cache.
 """
 
 from __future__ import annotations
@@ -145,6 +144,7 @@ class Hit:
     score: float
     text: str
     product_id: str
+    item_id: str = ""
 
     def caption(self) -> str:
         return f"{self.score:.3f} · {self.product_id} · {self.text[:120]}"
@@ -203,6 +203,9 @@ class CatalogSearch:
         captioner: an optional captioning model folder (the package's DeCap-style captioner).
         trust_remote_code: let a folder of another `model_type` run its own Python code (off: such a folder is
             refused, naming it).
+        index_uri: where the product index (`CatalogIndex`, LanceDB) lives (default: `<cache_dir>/<key>.lance`); it
+            is written from the cached embeddings (nothing embedded twice) and rewritten when the catalogue or the
+            model changes.
 
     An imperfect catalogue is indexed anyway: rows the loader cannot use (`load_report`, for a source string) and
     images that do not decode (`skipped`: (row, item_id, reason)) are skipped, counted and logged; their texts stay
@@ -220,6 +223,7 @@ class CatalogSearch:
         batch_size=64,
         max_items=None,
         trust_remote_code=False,
+        index_uri=None,
     ):
         from transformers import AutoModel
 
@@ -251,7 +255,8 @@ class CatalogSearch:
             raise ValueError("the catalogue is empty: nothing to search")
         self._encoded = _undecoded(catalog)
         digest = _catalog_digest(self.texts, self.product_ids, _images_in_batches(self._encoded))
-        self._build_index(f"{catalog_key}#{len(catalog)}:{digest}")
+        self._build_index(f"{catalog_key}#{len(catalog)}:{digest}", index_uri)
+        self.tgir_head, self._tgir = self._load_tgir_head(trust_remote_code)
         self.captioner = None
         if captioner:
             self.captioner = load_pretrained(AutoModel, captioner, **remote).to(self.device).eval()
@@ -264,10 +269,11 @@ class CatalogSearch:
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.encoder.text_features(texts)
 
-    def _build_index(self, catalog_key: str) -> None:
-        """Embed the catalogue (or load its cached embeddings) and build the FAISS indexes. Unreadable images are
-        skipped and counted (`self.skipped`: (row, item_id, reason)); their texts stay searchable. Embeddings are
-        written chunk by chunk, so a killed or failed indexing run resumes where it stopped."""
+    def _build_index(self, catalog_key: str, index_uri=None) -> None:
+        """Embed the catalogue (or load its cached embeddings), write the product index and the FAISS index of the
+        texts. Unreadable images are skipped and counted (`self.skipped`: (row, item_id, reason)); their texts stay
+        searchable. Embeddings are written chunk by chunk, so a killed or failed indexing run resumes where it
+        stopped."""
         from .evaluation import EmbeddingIndex
 
         key = _fingerprint(self.model_path, catalog_key, getattr(self.model.config, "_commit_hash", None))
@@ -305,8 +311,60 @@ class CatalogSearch:
         self.image_rows = data["image_rows"]
         self.image_embeds = torch.from_numpy(data["image"])
         self.text_embeds = torch.from_numpy(data["text"])
-        self.image_index = EmbeddingIndex.from_embeddings(data["image"], ids=data["image_rows"], index_type="auto")
+        # image -> texts covers every catalogue text, those whose photo failed included (not in the product index)
         self.text_index = EmbeddingIndex.from_embeddings(data["text"], index_type="auto")
+        self.index = self._product_index(Path(index_uri) if index_uri else self.cache_dir / f"{key}.lance", key)
+
+    def _product_index(self, uri, key: str) -> CatalogIndex:
+        """The `CatalogIndex` of the items with a readable photo, written once from the embeddings just computed or
+        loaded, and reopened while the catalogue and the model are unchanged (`key` in its metadata)."""
+        from .catalog_index import _has_index, _lancedb, _to_arrow
+
+        ids = [str(i) for i in (self.catalog["item_id"] if "item_id" in self.catalog.column_names else [])]
+        if len(ids) != len(self.catalog) or "" in ids or len(set(ids)) != len(ids):
+            # The index is keyed by item id; a catalogue without unique ids gets its row numbers instead.
+            logger.warning("catalogue item ids are missing or repeated: the product index uses row numbers")
+            ids = [f"row{i}" for i in range(len(self.catalog))]
+        self.item_ids = ids
+        self._row_of_item = {item: row for row, item in enumerate(ids)}
+        if _has_index(_lancedb().connect(str(uri))):
+            index = CatalogIndex.open(uri)
+            if index.meta.get("search_key") == key and index.meta["model_path"] == self.model_path:
+                index._encoder = self.encoder
+                return index
+        index = CatalogIndex.create(
+            self.model_path, uri, dim=int(self.image_embeds.shape[1]), overwrite=True, encoder=self.encoder,
+            extra_meta={"search_key": key},
+        )  # fmt: skip
+        from .data.schema import STRING_COLUMNS
+
+        columns = [c for c in STRING_COLUMNS if c in self.catalog.column_names]
+        for start in range(0, len(self.image_rows), INDEX_CHUNK):
+            rows_here = [int(r) for r in self.image_rows[start : start + INDEX_CHUNK]]
+            meta = self._encoded.select(rows_here).select_columns(columns).to_list()
+            rows = []
+            for n, (row, values) in enumerate(zip(rows_here, meta)):
+                item = {c: str(values.get(c) or "") for c in STRING_COLUMNS} | {"item_id": ids[row]}
+                rows.append(item | {"content_hash": key, "image_ref": "", "image_vec": data_row(self.image_embeds,
+                            start + n), "text_vec": data_row(self.text_embeds, row)})  # fmt: skip
+            index.ingest(_to_arrow(rows))
+        index.optimize()
+        return index
+
+    def _load_tgir_head(self, trust_remote_code: bool):
+        """The text-guided head fine-tuned into the model folder by `examples/finetune_tgir.py`, if any: the
+        combiner (`tgir_combiner.safetensors`, over this model) or SyncMask's fusion head (a folder saved as
+        `SyncMaskForTextGuidedImageRetrieval`). Both match their queries against the same normalised image
+        features the index holds. (None, None) without one: queries are then the zero-shot image + text sum."""
+        from .tgir import COMBINER_CONFIG, COMBINER_WEIGHTS, ComposedQueryModel, TGIRAdapter, load_tgir_model
+
+        folder = _model_files(self.model_path, (COMBINER_CONFIG, COMBINER_WEIGHTS))
+        if folder is not None:
+            return "combiner", TGIRAdapter(ComposedQueryModel.from_folder(self.model, folder).eval())
+        if "SyncMaskForTextGuidedImageRetrieval" in (getattr(self.model.config, "architectures", None) or []):
+            head, _, _ = load_tgir_model(self.model_path, "fusion", trust_remote_code)
+            return "fusion", TGIRAdapter(head.to(self.device).eval())
+        return None, None
 
     def _embed_catalog(self, partial: Path) -> dict[str, np.ndarray]:
         from tqdm.auto import tqdm
@@ -357,6 +415,15 @@ class CatalogSearch:
         }
 
     # -- queries -------------------------------------------------------------------------------------------
+    def _products(self, query: torch.Tensor, k: int, filters=None, group_by_product: bool = True) -> list[Hit]:
+        """The product index's `k` best items for a query embedding, among those matching `filters` ({column:
+        value or values}; empty values ignored), one per product with `group_by_product`."""
+        filters = {c: v for c, v in (filters or {}).items() if v not in (None, "", [], ())}
+        found = self.index.search_vector(query.numpy().astype(np.float32), filters, k, group_by_product)
+        return [
+            Hit(self._row_of_item[h["item_id"]], h["score"], h["text"], h["product_id"], h["item_id"]) for h in found
+        ]
+
     def _hits(self, index, query: torch.Tensor, k: int) -> list[Hit]:
         scores, ids = index.search(query.numpy().reshape(1, -1), min(k, len(index)))
         return [
@@ -365,31 +432,52 @@ class CatalogSearch:
             if i >= 0
         ]
 
-    def search_text(self, query: str, k: int = 12) -> list[Hit]:
+    def search_text(self, query: str, k: int = 12, filters=None, group_by_product: bool = True) -> list[Hit]:
+        """Products whose photos match a description, among those matching `filters` (e.g. {"gender": "women"})."""
         query = (query or "").strip()
         if not query:
             raise ValueError("Type a description to search for, e.g. 'red striped dress'.")
-        return self._hits(self.image_index, self.encode_texts([query])[0], k)
+        return self._products(self.encode_texts([query])[0], k, filters, group_by_product)
 
-    def search_image(self, image, k: int = 12) -> tuple[list[Hit], list[Hit]]:
-        """Products whose photos look alike, and the catalogue texts that describe the photo best."""
+    def search_image(
+        self, image, k: int = 12, filters=None, group_by_product: bool = True
+    ) -> tuple[list[Hit], list[Hit]]:
+        """Products whose photos look alike (filtered, grouped), and the catalogue texts that describe it best."""
         emb = self.encode_images([open_image(image)])[0]
-        return self._hits(self.image_index, emb, k), _unique_texts(self._hits(self.text_index, emb, 4 * k), k)
+        products = self._products(emb, k, filters, group_by_product)
+        return products, _unique_texts(self._hits(self.text_index, emb, 4 * k), k)
 
-    def search_modified(self, image, modification: str, k: int = 12) -> list[Hit]:
-        """Text-guided retrieval: 'this one, but in red'. The query is the normalised sum of the reference image's
-        and the modification text's embeddings (the zero-shot composition E2 and CLIP-based TGIR use)."""
+    def modified_query(self, image, modification: str) -> torch.Tensor:
+        """The query embedding of 'this one, but in red': the folder's fine-tuned TGIR head when it has one
+        (`tgir_head`), else the normalised sum of the image's and the text's embeddings (the zero-shot composition
+        E2 and CLIP-based TGIR use)."""
         modification = (modification or "").strip()
         if not modification:
             raise ValueError("Describe the change you want, e.g. 'in red' or 'with long sleeves'.")
-        query = F.normalize(
-            self.encode_images([open_image(image, "the reference image")])[0] + self.encode_texts([modification])[0],
-            dim=-1,
-        )
-        return self._hits(self.image_index, query, k)
+        picture = open_image(image, "the reference image")
+        if self._tgir is None:
+            return F.normalize(self.encode_images([picture])[0] + self.encode_texts([modification])[0], dim=-1)
+        pixels = self.processor(images=[picture], return_tensors="pt")["pixel_values"].to(self.device)
+        tokens = self.processor(text=[modification], return_tensors="pt", padding=True, truncation=True)
+        with torch.no_grad():
+            query = self._tgir.query(
+                pixels, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+            )
+        return query[0].float().cpu()
 
-    def attributes(self, image) -> dict[str, tuple[str, float]]:
-        """Zero-shot attributes: each attribute's catalogue values scored against the image, softmax over values."""
+    def search_modified(
+        self, image, modification: str, k: int = 12, filters=None, group_by_product: bool = True
+    ) -> list[Hit]:
+        """Text-guided retrieval: 'this one, but in red' (`modified_query`), filtered and grouped."""
+        return self._products(self.modified_query(image, modification), k, filters, group_by_product)
+
+    def filter_values(self, columns=("gender", "category", "color", "brand")) -> dict[str, list[str]]:
+        """The catalogue's values of each filter column (the demo's choices)."""
+        return {c: sorted({str(v) for v in self.catalog[c] if v}) for c in columns if c in self.catalog.column_names}
+
+    def attribute_scores(self, image, top: int = 3) -> dict[str, dict[str, float]]:
+        """Zero-shot attributes: each attribute's catalogue values scored against the image (softmax over the
+        values); the `top` most likely values of each, with their probabilities."""
         emb = self.encode_images([open_image(image)])[0]
         # The model's own contrastive scale (CLIP's `logit_scale`, which all three models keep); 100 without one.
         scale = float(self.model.logit_scale.detach().exp()) if hasattr(self.model, "logit_scale") else 100.0
@@ -404,9 +492,13 @@ class CatalogSearch:
                 self._attribute_cache[attribute] = (values, self.encode_texts(values))
             values, embeds = self._attribute_cache[attribute]
             probs = torch.softmax(min(scale, 100.0) * embeds @ emb, dim=0)
-            best = int(probs.argmax())
-            out[attribute] = (values[best], float(probs[best]))
+            best = probs.topk(min(top, len(values)))
+            out[attribute] = {values[int(i)]: float(p) for p, i in zip(best.values, best.indices)}
         return out
+
+    def attributes(self, image) -> dict[str, tuple[str, float]]:
+        """The most likely value of each attribute and its probability (`attribute_scores`)."""
+        return {name: next(iter(scores.items())) for name, scores in self.attribute_scores(image, top=1).items()}
 
     def caption(self, image, max_new_tokens: int = 40, num_beams: int = 3) -> str:
         emb = self.encode_images([open_image(image)])
@@ -450,6 +542,25 @@ class CatalogSearch:
         return str(path)
 
 
+def data_row(embeds: torch.Tensor, i: int) -> np.ndarray:
+    return embeds[i].numpy().astype(np.float32)
+
+
+def _model_files(model_path: str, names) -> Path | None:
+    """The folder holding all of `names` beside a model: the folder itself, or for a Hub id the snapshot they are
+    downloaded into; None when one is missing."""
+    folder = Path(model_path)
+    if folder.is_dir():
+        return folder if all((folder / n).is_file() for n in names) else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        paths = [Path(hf_hub_download(model_path, n)) for n in names]
+    except Exception:  # noqa: BLE001  (not on the Hub, no such file, offline: no head)
+        return None
+    return paths[0].parent
+
+
 def _unique_texts(hits: list[Hit], k: int) -> list[Hit]:
     seen, out = set(), []
     for hit in hits:
@@ -481,6 +592,11 @@ def model_view_box(size: tuple[int, int], image_processor) -> tuple[float, float
     left = (width * scale_x - crop_w) / 2 / scale_x
     top = (height * scale_y - crop_h) / 2 / scale_y
     return left, top, crop_w / scale_x, crop_h / scale_y
+
+
+def colour_key(config) -> dict[str, str]:
+    """The colour each entity's selection tokens are drawn in (`draw_selected_patches`)."""
+    return {entity: ENTITY_COLOURS[i % len(ENTITY_COLOURS)] for i, entity in enumerate(config.entities)}
 
 
 def draw_selected_patches(
