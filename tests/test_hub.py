@@ -182,6 +182,45 @@ def test_downloaded_model_loads_in_a_fresh_process_without_the_package(published
     _assert_loads_without_the_package(downloaded, tmp / "reference.pt", checks, run_dir, tmp / "hf_home_fresh")
 
 
+def test_the_pushed_cards_snippet_runs_as_written_against_the_hub(hub, published):
+    """The Usage block of the README.md the Hub holds, parsed and run unchanged (its repo id resolved by the Hub, not
+    a local path) in a fresh process that cannot import syncmask_hf: what a reader of the card pastes."""
+    import re
+
+    card = hub.repo(MODEL_REPO).files()["README.md"].decode()
+    blocks = re.findall(r"## Usage\s+```python\n(.*?)```", card, flags=re.S)
+    assert len(blocks) == 1, card
+    snippet = blocks[0]
+    assert f'from_pretrained("{MODEL_REPO}", trust_remote_code=True)' in snippet
+    run_dir = published["tmp"] / "card_snippet"
+    run_dir.mkdir(exist_ok=True)
+    script = (
+        textwrap.dedent(
+            """
+            import sys
+            sys.modules["syncmask_hf"] = None  # importing it would raise
+            sys.path = [p for p in sys.path if p not in ("", ".") and "syncmask" not in p]
+            from PIL import Image
+            Image.new("RGB", (40, 48), (200, 30, 30)).save("product.jpg")  # the photo the snippet opens
+            """
+        )
+        + snippet
+        + textwrap.dedent(
+            """
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            assert scores.shape == (1, 2) and torch.isfinite(scores).all(), scores
+            print("CARD-SNIPPET-OK")
+            """
+        )
+    )
+    env = _online_env(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HOME=str(published["tmp"] / "hf_home_card"))
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=run_dir)  # fmt: skip
+    assert done.returncode == 0 and "CARD-SNIPPET-OK" in done.stdout, f"{done.stdout}\n{done.stderr}\n{script}"
+    assert hub.unexpected == []
+
+
 def test_model_card_metadata_and_body(published):
     card = ModelCard.load(published["downloaded"] / "README.md")
     data = card.data
