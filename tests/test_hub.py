@@ -343,6 +343,9 @@ def test_write_model_card_variants(published, tmp_path):
     assert "| full | 0.5000 | 0.8750 |" in nested.text
     assert "caption = model.generate(pixel_values)" in nested.text and "get_image_features" not in nested.text
 
+    args = write_model_card(folder, model_name="tiny", training_args={"learning_rate": 1e-4, "config": None})
+    assert "| learning_rate | 0.0001 |" in args.text and "| config |" not in args.text  # unset: left out
+
 
 def test_card_shows_retrieval_recall_and_sumr_only(published, tmp_path):
     """An eval_results.json as pretrain.py writes it: the card keeps R@1/5/10 both ways and SumR per protocol, names

@@ -434,9 +434,11 @@ def write_model_card(
         sections += ["", f"Trained for {training['steps']:,} optimizer steps{seen}."]
     if base_models:
         sections += ["", "Initialised from: " + ", ".join(f"`{b}`" for b in base_models) + "."]
-    if training_args:
+    # Unset arguments (None: the preset's or the script's default applied) would only be noise in the table.
+    shown_args = [[k, v] for k, v in (training_args or {}).items() if v is not None]
+    if shown_args:
         sections += ["", "## Training arguments", ""]
-        sections.append(_markdown_table(["argument", "value"], [[k, v] for k, v in training_args.items()]))
+        sections.append(_markdown_table(["argument", "value"], shown_args))
     sections += ["", "## Usage", "", "```python", usage or usage_snippet(folder, repo_id), "```", ""]
     if model_type in CITATIONS:
         sections += ["## Citation", "", "```bibtex", CITATIONS[model_type], "```", ""]
