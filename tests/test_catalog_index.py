@@ -161,11 +161,14 @@ def test_index_benchmark_runs_small():
     assert rows["LanceDB exact, 1% filter"]["recall@10"] == 1.0
     assert all(r["returned"] == 10 for name, r in rows.items() if "LanceDB" in name)
     assert all(r["p50 ms"] > 0 for r in rows.values())
-    # Catalogue-like vectors (around 30 centres), one index only: exact rows stay exact, every query gets k.
+    # Catalogue-like vectors (around 30 centres), the single-graph index and FAISS's graph: exact rows stay exact,
+    # every query gets k, the graphs find the neighbours.
     clustered = bench.main(["--num_vectors", "3000", "--dim", "32", "--queries", "20", "--clusters", "30",
-                            "--indexes", "IVF-HNSW-SQ"])  # fmt: skip
+                            "--indexes", "HNSW-SQ", "--faiss_hnsw", "--skip_exact"])  # fmt: skip
     assert clustered["LanceDB exact, 1% filter"]["recall@10"] == 1.0
-    assert "LanceDB IVF-PQ" not in clustered and clustered["LanceDB IVF-HNSW-SQ"]["returned"] == 10
+    assert "LanceDB IVF-PQ" not in clustered and "LanceDB exact (no vector index)" not in clustered
+    assert clustered["LanceDB HNSW-SQ"]["returned"] == 10 and clustered["LanceDB HNSW-SQ, 1% filter"]["returned"] == 10
+    assert clustered["FAISS HNSW (memory)"]["recall@10"] >= 0.9 and clustered["LanceDB HNSW-SQ"]["recall@10"] >= 0.5
 
 
 def test_index_benchmark_real_catalogue_mode(tmp_path):

@@ -89,14 +89,25 @@ def main(argv=None) -> dict:
     p.add_argument("--cluster_cosine", type=float, default=0.8, help="expected cosine of a vector with its centre")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--nprobes", type=int, default=20, help="IVF partitions searched per query")
-    p.add_argument("--refine_factor", type=int, default=10, help="candidates re-ranked exactly: k x this")
+    p.add_argument("--refine_factor", type=int, default=10, help="IVF indexes: candidates re-ranked exactly: k x this")
+    p.add_argument("--ef", type=int, default=64, help="HNSW graphs: candidates kept while searching (>= k)")
+    p.add_argument("--hnsw_m", type=int, default=20, help="HNSW graphs: neighbours per node")
+    p.add_argument("--ef_construction", type=int, default=150, help="HNSW graphs: candidates kept while building")
+    p.add_argument(
+        "--faiss_hnsw", action="store_true", help="also an in-memory FAISS HNSW graph (M = --hnsw_m, efSearch = --ef)"
+    )
+    p.add_argument(
+        "--skip_exact",
+        action="store_true",
+        help="leave out LanceDB's unfiltered exact search (a full scan: ~3 s a query at 1M vectors)",
+    )
     p.add_argument("--output_dir", default=None, help="where the LanceDB table goes (default: a temporary folder)")
     p.add_argument(
         "--indexes",
         nargs="+",
         default=["IVF-PQ", "IVF-HNSW-SQ"],
-        choices=["IVF-PQ", "IVF-HNSW-SQ"],
-        help="the approximate indexes to build and measure",
+        choices=["IVF-PQ", "IVF-HNSW-SQ", "HNSW-SQ"],
+        help="the approximate indexes to build and measure (HNSW-SQ: one graph over every vector, no IVF partitions)",
     )
     p.add_argument("--model_path", default=None, help="a model folder: also index --catalog with it")
     p.add_argument("--catalog", action="append", default=None, help="a data-layer source (repeat)")
@@ -220,6 +231,28 @@ def random_vectors(args) -> dict:
         f"recall@{k}": float(np.mean(recall)),
     }
 
+    if args.faiss_hnsw:  # an in-memory graph: what a graph index can do here without LanceDB's per-query costs
+        t = time.perf_counter()
+        graph = faiss.IndexHNSWFlat(dim, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = args.ef_construction
+        graph.add(vectors)
+        build = time.perf_counter() - t
+        graph.hnsw.efSearch = max(args.ef, k)
+        times, recall = [], []
+        for i, q in enumerate(queries):
+            t = time.perf_counter()
+            _, ids = graph.search(q[None], k)
+            if i >= 10:
+                times.append(time.perf_counter() - t)
+                recall.append(len(truth[i] & set(ids[0].tolist())) / k)
+        rows["FAISS HNSW (memory)"] = {
+            "build s": build,
+            "disk MiB": float("nan"),
+            **percentiles(times),
+            f"recall@{k}": float(np.mean(recall)),
+        }
+        print(f"FAISS HNSW built in {build:.1f} s", flush=True)
+
     # -- LanceDB with an IVF-PQ index (what CatalogIndex builds above its threshold)
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_index_"))
     shutil.rmtree(root / "db", ignore_errors=True)
@@ -238,12 +271,14 @@ def random_vectors(args) -> dict:
     tbl.create_index("category", config=Bitmap())
     write = time.perf_counter() - t
 
-    def lance(filtered: bool, exact: bool = False):
+    def lance(filtered: bool, exact: bool = False, graph: bool = False):
         times, recall, returned = [], [], []
         for i, q in enumerate(queries):
             query = tbl.search(q, vector_column_name="image_vec").distance_type("dot").limit(k).select(["item_id"])
             if exact:  # brute force over the (filtered) rows: CatalogIndex's choice for selective filters
                 query = query.bypass_vector_index()
+            elif graph:  # one partition: the whole graph is searched, `ef` sets the breadth
+                query = query.nprobes(1).ef(max(args.ef, k))
             else:
                 query = query.nprobes(args.nprobes).refine_factor(args.refine_factor)
             if filtered:
@@ -259,12 +294,16 @@ def random_vectors(args) -> dict:
 
     size = folder_size(root / "db")
     print(f"LanceDB table written in {write:.1f} s; exact queries ...", flush=True)
-    rows["LanceDB exact (no vector index)"] = {"build s": write, "disk MiB": size, **lance(False, exact=True)}
+    if not args.skip_exact:
+        rows["LanceDB exact (no vector index)"] = {"build s": write, "disk MiB": size, **lance(False, exact=True)}
     rows["LanceDB exact, 1% filter"] = {"build s": write, "disk MiB": size, **lance(True, exact=True)}
     partitions = max(1, int(np.sqrt(n)))
     configs = {
         "IVF-PQ": IvfPq(distance_type="dot", num_partitions=partitions, num_sub_vectors=max(1, dim // 8)),
         "IVF-HNSW-SQ": IvfHnswSq(distance_type="dot", num_partitions=max(1, partitions // 8)),
+        "HNSW-SQ": IvfHnswSq(
+            distance_type="dot", num_partitions=1, m=args.hnsw_m, ef_construction=args.ef_construction
+        ),
     }
     for name in args.indexes:
         config = configs[name]
@@ -274,8 +313,13 @@ def random_vectors(args) -> dict:
         index_s = time.perf_counter() - t
         print(f"{name} built in {index_s:.1f} s; queries ...", flush=True)
         size = folder_size(root / "db")
-        rows[f"LanceDB {name}"] = {"build s": write + index_s, "disk MiB": size, **lance(False)}
-        rows[f"LanceDB {name}, 1% filter"] = {"build s": write + index_s, "disk MiB": size, **lance(True)}
+        graph = name == "HNSW-SQ"
+        rows[f"LanceDB {name}"] = {"build s": write + index_s, "disk MiB": size, **lance(False, graph=graph)}
+        rows[f"LanceDB {name}, 1% filter"] = {
+            "build s": write + index_s,
+            "disk MiB": size,
+            **lance(True, graph=graph),
+        }
     ref = rows["FAISS flat (memory)"]["p50 ms"]
     for row in rows.values():
         row["p50 vs FAISS"] = row["p50 ms"] / ref
@@ -284,7 +328,8 @@ def random_vectors(args) -> dict:
         + (f" around {args.clusters:,} centres (cosine {args.cluster_cosine})" if args.clusters else " (uniform)")
         + f", k={k}, {args.queries} queries one at a time; IVF-PQ with "
         f"{partitions} partitions and {max(1, dim // 8)} sub-vectors, IVF-HNSW-SQ with {max(1, partitions // 8)} "
-        f"partitions; nprobes {args.nprobes}, refine_factor {args.refine_factor}"
+        f"partitions; nprobes {args.nprobes}, refine_factor {args.refine_factor}; HNSW m {args.hnsw_m}, "
+        f"ef_construction {args.ef_construction}, ef {args.ef}"
     )
     print(format_results_markdown(rows, digits=3))
     if args.output_dir is None:
