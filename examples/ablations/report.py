@@ -82,7 +82,10 @@ def comparisons(records):
     rows = []
     for (name, start, steps, data), arms in sorted(group(records).items()):
         ab = get_ablation(name)
+        st = next((x for x in ab.starts if x.name == start), None)
         for names in ab.comparisons:
+            if st is not None and st.arms and not set(names) <= set(st.arms):
+                continue  # a comparison this start does not run (e.g. the proxies run the method and its baseline)
             seeds = sorted(set.intersection(*(set(arms.get(n, {})) for n in names)))
             values = [[arms[n][s]["metrics"][ab.metric] for s in seeds] for n in names]
             if len(names) == 2:
