@@ -13,7 +13,7 @@ With `--model_path M --catalog SOURCE` it also indexes a real catalogue with the
 (files read, decoded, embedded, written, the approximate index built), and reports
 - indexing throughput against the encoder's own (the same images already decoded in memory, the same batches, the
   text encoded too): the share tells whether reading and decoding, not the model, bound the indexer;
-- recall@10 of the index's approximate search (IVF-HNSW-SQ, forced on at any size) against exact search on the real
+- recall@10 of the index's approximate search (its HNSW graph, forced on at any size) against exact search on the real
   embeddings, with the catalogue's own texts as queries (real embeddings cluster; random vectors do not).
 
     python examples/benchmarks/bench_index.py --num_vectors 0 --model_path outputs/e2/final \
