@@ -227,6 +227,56 @@ def test_losses_and_missing_entity_values(clip_dir):
         model(**dict(inputs, entity_input_ids=inputs["entity_input_ids"][:, :2]), return_loss=True)
 
 
+def test_distinct_entity_texts_are_encoded_once_with_the_same_losses_and_gradients(clip_dir):
+    """`encode_distinct_entity_texts` (default) against today's row-by-row computation: a batch whose brands and
+    seasons repeat and whose values have different lengths (padding) gives the same losses and the same gradient on
+    every parameter, while the text tower sees fewer rows and fewer tokens."""
+    b, entities, length = 16, 4, 9
+    inputs = batch(b=b, entities=entities, seed=3)
+    g = torch.Generator().manual_seed(5)
+    ent = torch.zeros(b, entities, length, dtype=torch.long)
+    mask = torch.zeros_like(ent)
+    for i in range(b):
+        for e in range(entities):
+            # brand: 3 values, each written with 1 or 2 tokens (6 texts); season: 2; subcategory: 5; description:
+            # unique, 3-7 tokens
+            n = (1 + (i % 2), 1, 2, 3 + int(torch.randint(0, 5, (1,), generator=g)))[e]
+            value = (i % 3, i % 2, i % 5, 100 + i)[e]
+            tokens = [101, *[1000 + 100 * e + value * 7 + t for t in range(n)], 102]
+            ent[i, e, : len(tokens)] = torch.tensor(tokens)
+            mask[i, e, : len(tokens)] = 1
+    inputs.update(entity_input_ids=ent, entity_attention_mask=mask)
+    inputs["entity_valid"][2, 1] = False  # a missing season
+
+    results = {}
+    for distinct in (False, True):
+        torch.manual_seed(0)  # the same fresh E2 parts
+        model = E2Model.from_clip(clip_dir, encode_distinct_entity_texts=distinct).train()
+        seen = {"rows": 0, "tokens": 0}
+
+        def count(module, args, kwargs, seen=seen):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            seen["rows"] += ids.shape[0]
+            seen["tokens"] += ids.numel()
+
+        model.text_model.register_forward_pre_hook(count, with_kwargs=True)
+        torch.manual_seed(0)  # the same Gumbel draws in both runs
+        out = model(**inputs, return_loss=True, product_ids=torch.arange(b))
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[distinct] = (out, grads, dict(seen))
+    (old, old_grads, old_seen), (new, new_grads, new_seen) = results[False], results[True]
+    for name in ("loss", "loss_global", "loss_regional"):
+        torch.testing.assert_close(getattr(new, name), getattr(old, name), rtol=1e-5, atol=1e-6)
+    assert old.entity_losses.keys() == new.entity_losses.keys()
+    assert old_grads.keys() == new_grads.keys() and any("text_model" in n for n in new_grads)
+    for name, grad in old_grads.items():
+        torch.testing.assert_close(new_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # rows: 16 full texts + 63 valid entity values (row by row) against 16 + 6 + 2 + 5 + 16 distinct values
+    assert old_seen["rows"] == 16 + 63 and new_seen["rows"] == 16 + 29
+    assert new_seen["tokens"] < old_seen["tokens"] / 2
+
+
 def test_ablation_switches(clip_dir):
     inputs = batch()
     no_fusion = E2Model.from_clip(clip_dir, use_fusion_blocks=False)

@@ -69,6 +69,10 @@ class E2Config(PreTrainedConfig):
             collator builds (`FashionCollator(e2_text=...)`): the tag values followed by the description, as in the
             authors' code; "description" = the description alone. The description entity is the description only.
         initializer_factor (`float`, defaults to 1.0): CLIP's init scale factor.
+        encode_distinct_entity_texts (`bool`, defaults to True): embed each distinct entity value text of a batch
+            once (brands and seasons repeat across a batch), in two length buckets trimmed of padding, and share the
+            embedding among its rows; False embeds every row's padded text (same losses and gradients: the text
+            tower has no dropout; kept for comparison).
     """
 
     model_type = "e2"
@@ -90,6 +94,7 @@ class E2Config(PreTrainedConfig):
     projection_init: str = "clip"
     full_text: str = "tags_and_description"
     initializer_factor: float = 1.0
+    encode_distinct_entity_texts: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -477,11 +477,34 @@ class E2Model(E2PreTrainedModel):
         flat_valid = valid.reshape(-1)
         out = torch.zeros(b * e, self.config.projection_dim, device=entity_input_ids.device, dtype=self.dtype)
         if bool(flat_valid.any()):
-            feats = self.get_text_features(
-                entity_input_ids.reshape(-1, length)[flat_valid], entity_attention_mask.reshape(-1, length)[flat_valid]
-            ).pooler_output
+            ids = entity_input_ids.reshape(-1, length)[flat_valid]
+            mask = entity_attention_mask.reshape(-1, length)[flat_valid]
+            if getattr(self.config, "encode_distinct_entity_texts", True):
+                feats = self._distinct_text_features(ids, mask)
+            else:
+                feats = self.get_text_features(ids, mask).pooler_output
             out = out.index_put((flat_valid.nonzero(as_tuple=True)[0],), feats.to(out.dtype))
         return out.view(b, e, -1), valid
+
+    def _distinct_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`get_text_features(...).pooler_output` of every row, each distinct (ids, mask) row encoded once. The
+        distinct rows go in two buckets by length (short values such as brands and seasons apart from descriptions),
+        each cut after its last real token: trailing padding changes nothing under the causal, padding-masked
+        attention, and the pooled token is the end-of-text token. Gradients reach the tower once per distinct text,
+        summed over its rows, as they would be row by row."""
+        length = input_ids.shape[1]
+        keys = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
+        distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        ids, mask = distinct[:, :length], distinct[:, length:]
+        last = torch.where(mask.bool(), torch.arange(length, device=mask.device), -1).amax(dim=1)
+        order = last.argsort()
+        buckets = order.chunk(2) if len(order) > 1 else (order,)
+        feats = []
+        for rows in buckets:
+            end = int(last[rows].max()) + 1
+            feats.append(self.get_text_features(ids[rows, :end], mask[rows, :end]).pooler_output)
+        feats = torch.cat(feats)[torch.cat(buckets).argsort()]  # back to the distinct rows' order
+        return feats[inverse]
 
     # ---------------------------------------------------------------------------------------------------- forward
     def forward(
