@@ -106,7 +106,14 @@ def interleaved(fns: dict, repeats: int, warmup: int, device: str) -> dict[str, 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def inputs(size: str, batch: int, device: str, entities: int = 4, entity_len: int = 8) -> dict:
+# Catalogue-like entity values (brand, season, subcategory, description): how many distinct values a batch draws
+# from, and their lengths in tokens. Brands, seasons and subcategories repeat across a batch; descriptions do not.
+ENTITY_VALUES = ((12, (1, 3)), (4, (1, 1)), (24, (1, 2)), (None, (12, 30)))
+
+
+def inputs(size: str, batch: int, device: str, entity_values: str = "catalogue") -> dict:
+    """A batch of random tokens; entity value texts either catalogue-like (`ENTITY_VALUES`, padded to the longest)
+    or `random` (every value distinct, 8 tokens: the case where encoding distinct values once saves nothing)."""
     spec = SIZES[size]
     g = torch.Generator().manual_seed(0)
     image = spec["vision"]["image_size"]
@@ -114,15 +121,29 @@ def inputs(size: str, batch: int, device: str, entities: int = 4, entity_len: in
     eos = spec["text"].get("eos_token_id", 49407)
     ids = torch.randint(1000, vocab - 1000, (batch, length), generator=g)
     ids[:, -1] = eos
-    ent = torch.randint(1000, vocab - 1000, (batch, entities, entity_len), generator=g)
-    ent[..., -1] = eos
+    if entity_values == "random":
+        ent = torch.randint(1000, vocab - 1000, (batch, 4, 8), generator=g)
+        ent[..., -1] = eos
+        mask = torch.ones_like(ent)
+    else:
+        longest = max(hi for _, (_, hi) in ENTITY_VALUES) + 1
+        ent = torch.zeros(batch, len(ENTITY_VALUES), longest, dtype=torch.long)
+        mask = torch.zeros_like(ent)
+        for e, (distinct, (lo, hi)) in enumerate(ENTITY_VALUES):
+            # a value's tokens and length follow from its id, so equal values are equal texts
+            values = torch.randint(0, distinct, (batch,), generator=g) if distinct else torch.arange(batch) + 10**4
+            for i, v in enumerate(values.tolist()):
+                n = lo + (v * 7919) % (hi - lo + 1)
+                tokens = [1000 + (v * 31 + e * 997 + t * 13) % (vocab - 2000) for t in range(n)] + [eos]
+                ent[i, e, : len(tokens)] = torch.tensor(tokens)
+                mask[i, e, : len(tokens)] = 1
     data = {
         "pixel_values": torch.randn(batch, 3, image, image, generator=g),
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
         "entity_input_ids": ent,
-        "entity_attention_mask": torch.ones_like(ent),
-        "entity_valid": torch.ones(batch, entities, dtype=torch.bool),
+        "entity_attention_mask": mask,
+        "entity_valid": torch.ones(batch, ent.shape[1], dtype=torch.bool),
     }
     return {k: v.to(device) for k, v in data.items()}
 
@@ -154,13 +175,20 @@ def bench_encode(size: str, batch: int, repeats: int, warmup: int, device: str) 
     return [(f"encode {size}, batch {batch}", name, t, batch / t, t / ref) for name, t in med.items()]
 
 
-def bench_train(size: str, batch: int, repeats: int, warmup: int, device: str) -> list[tuple]:
+def bench_train(size: str, batch: int, repeats: int, warmup: int, device: str, entity_values: str) -> list[tuple]:
+    import copy
+
     clip, e2, _ = build(size, device)
-    data = inputs(size, batch, device)
+    # the same E2 encoding every row's entity text, padded (what a step did before `encode_distinct_entity_texts`)
+    e2_rows = copy.deepcopy(e2)
+    e2_rows.config.encode_distinct_entity_texts = False
+    data = inputs(size, batch, device, entity_values)
     clip.train()
     e2.train()
+    e2_rows.train()
     opt_clip = torch.optim.Adam(clip.parameters(), lr=1e-6)
     opt_e2 = torch.optim.Adam(e2.parameters(), lr=1e-6)
+    opt_e2_rows = torch.optim.Adam(e2_rows.parameters(), lr=1e-6)
 
     def clip_step():
         opt_clip.zero_grad(set_to_none=True)
@@ -178,11 +206,24 @@ def bench_train(size: str, batch: int, repeats: int, warmup: int, device: str) -
         e2(**data, return_loss=True).loss.backward()
         opt_e2.step()
 
+    def e2_rows_step():
+        opt_e2_rows.zero_grad(set_to_none=True)
+        e2_rows(**data, return_loss=True).loss.backward()
+        opt_e2_rows.step()
+
     med = interleaved(
-        {"CLIP contrastive step": clip_step, "E2 step (global + 4 regional)": e2_step}, repeats, warmup, device
+        {
+            "CLIP contrastive step": clip_step,
+            "E2 step, every entity row encoded (before)": e2_rows_step,
+            "E2 step (global + 4 regional)": e2_step,
+        },
+        repeats,
+        warmup,
+        device,
     )
     ref = med["CLIP contrastive step"]
-    return [(f"train {size}, batch {batch}", name, t, batch / t, t / ref) for name, t in med.items()]
+    setting = f"train {size}, batch {batch}, {entity_values} entity values"
+    return [(setting, name, t, batch / t, t / ref) for name, t in med.items()]
 
 
 def main() -> None:
@@ -194,6 +235,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--entity_values",
+        choices=["catalogue", "random"],
+        default="catalogue",
+        help="catalogue: brands, seasons, subcategories repeat across the batch (ENTITY_VALUES); random: all distinct",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,7 +249,7 @@ def main() -> None:
     for size in args.sizes:
         rows += bench_encode(size, args.batch, args.repeats, args.warmup, args.device)
     for size in args.train_sizes:
-        rows += bench_train(size, args.batch, args.repeats, args.warmup, args.device)
+        rows += bench_train(size, args.batch, args.repeats, args.warmup, args.device, args.entity_values)
 
     device = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
