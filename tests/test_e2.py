@@ -277,6 +277,21 @@ def test_distinct_entity_texts_are_encoded_once_with_the_same_losses_and_gradien
     assert new_seen["tokens"] < old_seen["tokens"] / 2
 
 
+def test_dynamic_int8_quantisation_runs_on_e2(clip_dir):
+    """torch.ao's quantize_dynamic swaps every nn.Linear for a quantised one, whose `weight` is a method: the fusion
+    blocks must still run, with features close to fp32's (the selection picks the same patches here)."""
+    import torch.nn.functional as F
+
+    model = E2Model.from_clip(clip_dir).eval()
+    quantised = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    inputs = batch(b=4)
+    with torch.no_grad():
+        ref = model.get_image_features(inputs["pixel_values"])
+        out = quantised.get_image_features(inputs["pixel_values"])
+    assert F.cosine_similarity(out.pooler_output, ref.pooler_output).min() > 0.99
+    assert out.selected_patches is not None
+
+
 def test_ablation_switches(clip_dir):
     inputs = batch()
     no_fusion = E2Model.from_clip(clip_dir, use_fusion_blocks=False)

@@ -82,6 +82,16 @@ class E2Output(ModelOutput):
     selected_patches: torch.Tensor | None = None
 
 
+def _weight(linear: nn.Module) -> torch.Tensor:
+    """A linear layer's (out, in) weight as a float tensor: an attribute of `nn.Linear`, a method returning a
+    quantised tensor on `torch.ao`'s dynamically quantised Linear (which `quantize_dynamic` puts in its place)."""
+    weight = linear.weight
+    if callable(weight):
+        weight = weight()
+        return weight.dequantize() if weight.is_quantized else weight
+    return weight
+
+
 class E2FusionBlock(nn.Module):
     """The paper's fusion block: each selection token picks one patch and averages its value into itself.
 
@@ -104,7 +114,7 @@ class E2FusionBlock(nn.Module):
         tokens, patches = hidden_states[:, :s], hidden_states[:, s + 1 :]
         # q k^T with k = patches W_k^T computed as (q W_k) patches^T: the same product, but the projection runs on
         # the few selection tokens instead of on every patch (likewise W_v below is applied after the pick).
-        scores = (self.q_proj(tokens) @ self.k_proj.weight) @ patches.transpose(1, 2) * self.scale  # (B, S, P)
+        scores = (self.q_proj(tokens) @ _weight(self.k_proj)) @ patches.transpose(1, 2) * self.scale  # (B, S, P)
         if self.training:  # hard straight-through Gumbel-softmax: one-hot forward, soft gradient to W_q / W_k
             one_hot = F.gumbel_softmax(scores.float(), tau=self.tau, hard=True, dim=-1).to(patches.dtype)
             picked = self.v_proj(one_hot @ patches)
