@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--nprobes", type=int, default=20, help="IVF partitions searched per query")
     p.add_argument("--refine_factor", type=int, default=10, help="IVF indexes: candidates re-ranked exactly: k x this")
-    p.add_argument("--ef", type=int, default=64, help="HNSW graphs: candidates kept while searching (>= k)")
+    p.add_argument("--ef", type=int, default=128, help="HNSW graphs: candidates kept while searching (>= k)")
     p.add_argument("--hnsw_m", type=int, default=20, help="HNSW graphs: neighbours per node")
     p.add_argument("--ef_construction", type=int, default=150, help="HNSW graphs: candidates kept while building")
     p.add_argument(
