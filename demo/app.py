@@ -136,6 +136,7 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
         key = colour_key_html(legend, colour_key(engine.model.config)) if legend else ""
         return caption, *[scores.get(a) for a in attribute_names], picture, key
 
+    photos = example_photos(engine)  # thumbnails written once, shown in three tabs
     head = {"combiner": "the fine-tuned combiner", "fusion": "SyncMask's fine-tuned fusion head"}
     with gr.Blocks(title="syncmask_hf fashion search") as demo:
         gr.Markdown(
@@ -175,7 +176,7 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
             image_button.click(
                 image_search, [image_in, *narrowing], [image_results, image_texts], api_name="image_search"
             )
-            gr.Examples(example_photos(engine), image_in, label="From the catalogue")
+            gr.Examples(photos, image_in, label="From the catalogue")
         with gr.Tab("This, but …"):
             with gr.Row():
                 reference = UploadImage(type="filepath", label="Reference product", elem_id="modified-reference")
@@ -185,7 +186,6 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
             modified_button.click(
                 modified_search, [reference, modification, *narrowing], modified_results, api_name="modified_search"
             )
-            photos = example_photos(engine)
             changes = ("in red", "in black", "with stripes", "in blue")
             gr.Examples(
                 [list(pair) for pair in zip(photos, changes)], [reference, modification], label="From the catalogue"
@@ -201,7 +201,7 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
             describe_button.click(
                 describe, describe_in, [caption_out, *attribute_outs, overlay_out, legend_out], api_name="describe"
             )
-            gr.Examples(example_photos(engine), describe_in, label="From the catalogue")
+            gr.Examples(photos, describe_in, label="From the catalogue")
         for box in (image_in, reference, describe_in):
             box.upload(check_upload, box, box, preprocess=False, api_name=False, show_progress="hidden")
     # Every endpoint decodes an upload and runs the model: one shared pool of CONCURRENCY slots bounds the memory

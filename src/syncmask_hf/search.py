@@ -29,6 +29,7 @@ from .catalog_index import (
     FeatureEncoder,
     image_token,
 )
+from .data.schema import STRING_COLUMNS
 from .models import image_loading as _image_loading
 
 logger = logging.getLogger(__name__)
@@ -336,17 +337,17 @@ class CatalogSearch:
             self.model_path, uri, dim=int(self.image_embeds.shape[1]), overwrite=True, encoder=self.encoder,
             extra_meta={"search_key": key},
         )  # fmt: skip
-        from .data.schema import STRING_COLUMNS
-
         columns = [c for c in STRING_COLUMNS if c in self.catalog.column_names]
         for start in range(0, len(self.image_rows), INDEX_CHUNK):
             rows_here = [int(r) for r in self.image_rows[start : start + INDEX_CHUNK]]
             meta = self._encoded.select(rows_here).select_columns(columns).to_list()
-            rows = []
-            for n, (row, values) in enumerate(zip(rows_here, meta)):
-                item = {c: str(values.get(c) or "") for c in STRING_COLUMNS} | {"item_id": ids[row]}
-                rows.append(item | {"content_hash": key, "image_ref": "", "image_vec": data_row(self.image_embeds,
-                            start + n), "text_vec": data_row(self.text_embeds, row)})  # fmt: skip
+            image_vecs = self.image_embeds[start : start + len(rows_here)].numpy()
+            text_vecs = self.text_embeds[rows_here].numpy()
+            rows = [
+                {c: str(values.get(c) or "") for c in STRING_COLUMNS}
+                | {"item_id": ids[row], "content_hash": key, "image_ref": "", "image_vec": iv, "text_vec": tv}
+                for row, values, iv, tv in zip(rows_here, meta, image_vecs, text_vecs)
+            ]
             index.ingest(_to_arrow(rows))
         index.optimize()
         return index
@@ -486,7 +487,7 @@ class CatalogSearch:
             if attribute not in self.catalog.column_names:
                 continue
             if attribute not in self._attribute_cache:
-                values = sorted({v for v in self.catalog[attribute] if v})
+                values = self.filter_values((attribute,))[attribute]
                 if len(values) < 2:
                     continue
                 self._attribute_cache[attribute] = (values, self.encode_texts(values))
@@ -540,10 +541,6 @@ class CatalogSearch:
             picture.save(tmp, format="JPEG", quality=90)
             os.replace(tmp, path)
         return str(path)
-
-
-def data_row(embeds: torch.Tensor, i: int) -> np.ndarray:
-    return embeds[i].numpy().astype(np.float32)
 
 
 def _model_files(model_path: str, names) -> Path | None:
@@ -613,11 +610,12 @@ def draw_selected_patches(
     left, top, view_w, view_h = box or (0.0, 0.0, float(shown.width), float(shown.height))
     cell_w, cell_h = view_w / grid, view_h / grid
     legend: dict[str, list[int]] = {}
+    colours = colour_key(config)
     last = picked[..., -1] if picked.dim() == 2 else picked
     for token, patch in enumerate(last.tolist()):
         entity = entities[token // per_entity] if token // per_entity < len(entities) else f"token {token}"
         row, col = divmod(int(patch), grid)
-        colour = ENTITY_COLOURS[(token // per_entity) % len(ENTITY_COLOURS)]
+        colour = colours.get(entity, ENTITY_COLOURS[(token // per_entity) % len(ENTITY_COLOURS)])
         draw.rectangle(
             [left + col * cell_w, top + row * cell_h, left + (col + 1) * cell_w - 1, top + (row + 1) * cell_h - 1],
             outline=colour,
