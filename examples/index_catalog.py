@@ -13,7 +13,8 @@ lives beside the index on the same filesystem (pyarrow's: a local folder, `file:
 machines that share an object-store `--index_uri` share it too. Rows already in the
 index with the same content (image and text hash) are not embedded again, so a killed run started again resumes: the
 staged chunks are kept, the merged rows are skipped, and only the rest is embedded. `--streaming` reads the source
-without loading it whole. Bad images are skipped and counted. Safe by default: model code from another package runs
+without loading it whole. `--onnx DIR` embeds through ONNX Runtime with the model's export (examples/export_onnx.py).
+Bad images are skipped and counted. Safe by default: model code from another package runs
 only with `--trust_remote_code`.
 """
 
@@ -51,6 +52,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--ann_threshold", type=int, default=DEFAULT_ANN_THRESHOLD, help="rows from which to add an ANN index"
     )
+    p.add_argument(
+        "--onnx",
+        default=None,
+        help="embed with this ONNX export of --model_path (examples/export_onnx.py) through ONNX Runtime (CPU)",
+    )
+    p.add_argument("--onnx_precision", choices=["fp32", "int8"], default="fp32", help="which of the export's files")
     p.add_argument("--overwrite", action="store_true", help="replace an index of another model at --index_uri")
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
@@ -72,6 +79,11 @@ def main(argv=None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     accelerator = Accelerator(cpu=multi_cpu_launch())
     staging = Staging(args.index_uri)
+    encoder = None
+    if args.onnx:
+        from syncmask_hf.serving import OnnxFeatureEncoder
+
+        encoder = OnnxFeatureEncoder(args.onnx, args.onnx_precision)
     if accelerator.is_main_process:
         CatalogIndex.create(
             args.model_path,
@@ -79,10 +91,13 @@ def main(argv=None) -> dict:
             trust_remote_code=args.trust_remote_code,
             ann_threshold=args.ann_threshold,
             overwrite=args.overwrite,
+            encoder=encoder,
         )
         staging.create()
     accelerator.wait_for_everyone()
-    index = CatalogIndex.open(args.index_uri, device=accelerator.device, trust_remote_code=args.trust_remote_code)
+    index = CatalogIndex.open(
+        args.index_uri, device=accelerator.device, trust_remote_code=args.trust_remote_code, encoder=encoder
+    )
 
     # Chunk c goes to process c % N: the same split on every process without reading the catalogue twice into memory.
     counts = {"embedded": 0, "unchanged": 0, "skipped": 0, "staged_before": 0}

@@ -99,9 +99,10 @@ def filter_sql(filters: dict | None) -> str | None:
 
 class FeatureEncoder:
     """A model folder's one feature contract (`get_image_features` / `get_text_features`), unit-normalised: what
-    `CatalogIndex` and `CatalogSearch` embed with."""
+    `CatalogIndex` and `CatalogSearch` embed with. `int8`: torch.ao's dynamic int8 quantisation of the model's
+    linear layers (CPU serving; ONNX Runtime's is `serving.OnnxFeatureEncoder`)."""
 
-    def __init__(self, model_path: str, device="cpu", trust_remote_code: bool = False):
+    def __init__(self, model_path: str, device="cpu", trust_remote_code: bool = False, int8: bool = False):
         from transformers import AutoModel, AutoProcessor
 
         from .specs import load_pretrained
@@ -110,6 +111,14 @@ class FeatureEncoder:
         self.device = torch.device(device)
         self.model = load_pretrained(AutoModel, model_path, **remote).to(self.device).eval()
         self.processor = load_pretrained(AutoProcessor, model_path, **remote)
+        if int8:
+            from .serving import torch_int8
+
+            if self.device.type != "cpu":
+                raise ValueError("int8=True is torch.ao's dynamic quantisation, which runs on CPU only")
+            self.model = torch_int8(self.model)
+        #: what tells a cache which features these are (an int8 model's differ from fp32's)
+        self.key = "torch-int8" if int8 else "torch"
 
     @torch.no_grad()
     def image_features(self, images) -> torch.Tensor:
@@ -219,8 +228,11 @@ class CatalogIndex:
         return index
 
     @classmethod
-    def open(cls, uri, *, device="cpu", trust_remote_code: bool | None = None) -> CatalogIndex:
-        """An index `build` wrote at `uri`; the model it was built with is loaded when a query needs it."""
+    def open(
+        cls, uri, *, device="cpu", trust_remote_code: bool | None = None, encoder: FeatureEncoder | None = None
+    ) -> CatalogIndex:
+        """An index `build` wrote at `uri`; the model it was built with is loaded when a query needs it, unless
+        `encoder` serves its features (e.g. `serving.OnnxFeatureEncoder` over that model's ONNX export)."""
         lancedb = _lancedb()
         db = lancedb.connect(str(uri))
         if not _has_index(db):
@@ -228,7 +240,7 @@ class CatalogIndex:
         meta = json.loads(db.open_table(META_TABLE).to_arrow().to_pylist()[0]["value"])
         if trust_remote_code is not None:
             meta["trust_remote_code"] = bool(trust_remote_code)
-        index = cls(db, db.open_table(TABLE), meta)
+        index = cls(db, db.open_table(TABLE), meta, encoder)
         index._device = device
         return index
 
