@@ -143,6 +143,11 @@ def build_demo(engine: CatalogSearch, k: int = 12) -> gr.Blocks:
             f"# Fashion search\nModel `{engine.model_path}` ({engine.model.config.model_type}), "
             f"{len(engine.index):,} catalogue items of {len(set(engine.product_ids)):,} products. "
             f'"This, but …" composes with {head.get(engine.tgir_head, "the zero-shot image + text sum")}.'
+            + (
+                f" Embeddings served by ONNX Runtime ({engine.encoder.precision})."
+                if hasattr(engine.encoder, "precision")
+                else ""
+            )
         )
         with gr.Row(elem_id="filters"):
             # one set of filters over every tab's search (the catalogue index pre-filters: k results when k match)
@@ -263,6 +268,17 @@ def parse_args(argv=None):
         default=os.environ.get("INDEX_URI"),
         help="where the product index (LanceDB) is written (default: inside --cache_dir)",
     )
+    p.add_argument(
+        "--onnx",
+        default=os.environ.get("ONNX_DIR"),
+        help="serve embeddings from this ONNX export of --model (examples/export_onnx.py; env ONNX_DIR)",
+    )
+    p.add_argument(
+        "--onnx_precision",
+        choices=["fp32", "int8"],
+        default=os.environ.get("ONNX_PRECISION", "fp32"),
+        help="which of the export's files (env ONNX_PRECISION)",
+    )
     p.add_argument("--max_items", type=int, default=None)
     p.add_argument(
         "--trust_remote_code",
@@ -286,6 +302,8 @@ def make_engine(args) -> CatalogSearch:
         max_items=args.max_items,
         trust_remote_code=args.trust_remote_code,
         index_uri=args.index_uri,
+        onnx=args.onnx,
+        onnx_precision=args.onnx_precision,
     )
 
 

@@ -21,6 +21,7 @@ import sys
 
 from syncmask_hf.pretraining import pretrain
 from syncmask_hf.specs import SPECS, get_spec
+from syncmask_hf.training import add_torch_compile_argument
 
 
 def parse_args(argv=None):
@@ -67,6 +68,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--batch_size", type=int, default=32, help="per-process batch size")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    add_torch_compile_argument(p)
     p.add_argument(
         "--learning_rate",
         type=float,

@@ -37,9 +37,11 @@ def export(name: str, tmp_path_factory) -> tuple[Path, Path]:
         training.save_random_model(name, root / "model", seed=3)
         cmd = [sys.executable, str(EXAMPLES / "export_onnx.py"), "--model_path", str(root / "model")]
         cmd += ["--output_dir", str(root / "onnx")]
-        proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=root)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert "fp32 cosine with PyTorch" in proc.stdout
+        # nothing left in the working directory (ONNX Runtime's shape inference writes scratch files there)
+        assert sorted(p.name for p in root.iterdir()) == ["model", "onnx"]
         _EXPORTS[name] = root / "model", root / "onnx"
     return _EXPORTS[name]
 
@@ -117,3 +119,34 @@ def test_catalogue_index_built_and_queried_through_onnx(tmp_path_factory, tmp_pa
     for query in ("red striped dress", "black boots"):
         served = [h["item_id"] for h in index.search(text=query, k=5, group_by_product=False)]
         assert served == [h["item_id"] for h in reference.search(text=query, k=5, group_by_product=False)]
+
+
+@pytest.mark.slow
+def test_demo_engine_serves_from_the_onnx_export(tmp_path_factory, tmp_path):
+    """CatalogSearch(onnx=...) (the demo's --onnx): the catalogue and the queries embedded by ONNX Runtime, in a cache
+    of their own, finding what the PyTorch engine finds; the header says what serves."""
+    pytest.importorskip("lancedb")
+    from syncmask_hf.search import CatalogSearch
+
+    model, onnx = export("e2", tmp_path_factory)
+    reference = CatalogSearch(model, "synthetic:32", cache_dir=tmp_path)
+    served = CatalogSearch(model, "synthetic:32", cache_dir=tmp_path, onnx=onnx)
+    int8 = CatalogSearch(model, "synthetic:32", cache_dir=tmp_path, onnx=onnx, onnx_precision="int8")
+    assert len({p.name for p in tmp_path.glob("*.npz")}) == 3  # three encoders, three caches: never mixed
+    assert _cosines(served.image_embeds.numpy(), reference.image_embeds.numpy()).min() >= 0.999
+    assert _cosines(int8.image_embeds.numpy(), reference.image_embeds.numpy()).min() >= 0.99
+    for query in ("red striped dress", "black boots"):
+        want = [h.product_id for h in reference.search_text(query, k=5)]
+        assert [h.product_id for h in served.search_text(query, k=5)] == want
+    photo = reference.image(3)
+    products, _texts = served.search_image(photo, k=3)
+    assert [h.product_id for h in products] == [h.product_id for h in reference.search_image(photo, k=3)[0]]
+
+    import os
+
+    os.environ["SYNCMASK_DEMO_NO_AUTOLOAD"] = "1"
+    from demo.app import build_demo, parse_args
+
+    assert parse_args(["--onnx", str(onnx), "--onnx_precision", "int8"]).onnx_precision == "int8"
+    demo = build_demo(int8)
+    assert "Embeddings served by ONNX Runtime (int8)" in str(demo.config)

@@ -207,6 +207,9 @@ class CatalogSearch:
         index_uri: where the product index (`CatalogIndex`, LanceDB) lives (default: `<cache_dir>/<key>.lance`); it
             is written from the cached embeddings (nothing embedded twice) and rewritten when the catalogue or the
             model changes.
+        onnx: a folder `examples/export_onnx.py` wrote from `model`: the catalogue and the queries are embedded by
+            ONNX Runtime from its files (`onnx_precision` "fp32" or "int8"); the PyTorch model still serves what
+            the export does not hold (E2's patch overlay, the fine-tuned text-guided head, the captioner).
 
     An imperfect catalogue is indexed anyway: rows the loader cannot use (`load_report`, for a source string) and
     images that do not decode (`skipped`: (row, item_id, reason)) are skipped, counted and logged; their texts stay
@@ -225,6 +228,8 @@ class CatalogSearch:
         max_items=None,
         trust_remote_code=False,
         index_uri=None,
+        onnx=None,
+        onnx_precision="fp32",
     ):
         from transformers import AutoModel
 
@@ -233,8 +238,13 @@ class CatalogSearch:
         self.device = torch.device(device)
         self.model_path = str(model)
         remote = {"trust_remote_code": trust_remote_code}
-        self.encoder = FeatureEncoder(self.model_path, device, trust_remote_code)
-        self.model, self.processor = self.encoder.model, self.encoder.processor
+        torch_encoder = FeatureEncoder(self.model_path, device, trust_remote_code)
+        self.model, self.processor = torch_encoder.model, torch_encoder.processor
+        self.encoder = torch_encoder
+        if onnx is not None:
+            from .serving import OnnxFeatureEncoder
+
+            self.encoder = OnnxFeatureEncoder(onnx, onnx_precision)
         self.load_report = None
         if isinstance(catalog, str):
             from .data import load_catalog
@@ -277,7 +287,10 @@ class CatalogSearch:
         stopped."""
         from .evaluation import EmbeddingIndex
 
-        key = _fingerprint(self.model_path, catalog_key, getattr(self.model.config, "_commit_hash", None))
+        commit = getattr(self.model.config, "_commit_hash", None)
+        # ONNX Runtime's features (int8's above all) are not PyTorch's: their cache and index are their own
+        encoder = "" if self.encoder.key == "torch" else f"|{self.encoder.key}"
+        key = _fingerprint(self.model_path + encoder, catalog_key, commit)
         # Thumbnails live apart from the embeddings: the demo serves this folder and nothing else of the cache.
         self.thumbnail_root = self.cache_dir / "thumbnails"
         self.image_dir = self.thumbnail_root / key

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -164,7 +165,10 @@ def export_onnx(
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             int8_path = out / ONNX_FILES[kind, "int8"]
-            quantize_dynamic(str(path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
+            prepared = out / f"{kind}_encoder.prep.onnx"
+            source = _prepare_for_quantisation(path, prepared)
+            quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
+            prepared.unlink(missing_ok=True)
             got = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
             int8_cosine[kind] = float(_cosines(got, reference).min())
     processor.save_pretrained(out)
@@ -184,11 +188,50 @@ def export_onnx(
     return manifest
 
 
-def torch_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """torch.ao's dynamic int8 quantisation of every `nn.Linear` (weights int8, activations quantised per batch)."""
+def _prepare_for_quantisation(path: Path, prepared: Path) -> Path:
+    """ONNX Runtime's advice before quantising: shape inference and graph optimisation. Its symbolic shape inference
+    gives up on some dynamic text lengths (min(max_positions, length)); ONNX's own shape inference then does."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for skip_symbolic in (False, True):
+        try:
+            # its shape inference leaves scratch files (sym_shape_infer_temp.onnx, <uuid>.data) in the working
+            # directory: run it inside a temporary one
+            with _quiet_logger("onnxruntime.tools.symbolic_shape_infer"), tempfile.TemporaryDirectory() as scratch:
+                cwd = os.getcwd()
+                os.chdir(scratch)
+                try:
+                    quant_pre_process(str(path.resolve()), str(prepared.resolve()), skip_symbolic_shape=skip_symbolic)
+                finally:
+                    os.chdir(cwd)
+            return prepared
+        except Exception as err:  # noqa: BLE001 - the next way, then the export as it is
+            last = err
+    logger.warning("pre-processing %s for quantisation failed (%s); quantising it as exported", path, last)
+    return path
+
+
+class _quiet_logger:
+    def __init__(self, name: str):
+        self.logger = logging.getLogger(name)
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def torch_int8(model: torch.nn.Module, per_channel: bool = True) -> torch.nn.Module:
+    """torch.ao's dynamic int8 quantisation of every `nn.Linear` (weights int8, activations quantised per batch).
+    Weights per output channel, as the ONNX export's (`per_channel=False`: torch.ao's default, one scale a matrix)."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice (torchao is its successor)
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
 
 
 class OnnxFeatureEncoder:

@@ -719,6 +719,16 @@ def add_trust_remote_code_argument(parser) -> None:
     )
 
 
+def add_torch_compile_argument(parser) -> None:
+    """``--torch_compile``: Accelerate's dynamo backend (torch.compile, inductor). Off by default: measured per model
+    in examples/benchmarks/bench_throughput.py --torch_compile (examples/benchmarks/README.md)."""
+    parser.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="compile the model with torch.compile (Accelerate's dynamo backend, inductor); the first steps are slow",
+    )
+
+
 def add_training_arguments(parser, output_dir: str, learning_rate: float = 2e-5, num_epochs: int = 3) -> None:
     """The command-line options every fine-tuning script shares (same names and meaning as pretrain.py's)."""
     parser.add_argument("--model_path", required=True, help="a folder written by save_pretrained (or a Hub id)")
@@ -736,6 +746,7 @@ def add_training_arguments(parser, output_dir: str, learning_rate: float = 2e-5,
     parser.add_argument("--batch_size", type=int, default=32, help="per-process batch size")
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    add_torch_compile_argument(parser)
     parser.add_argument("--learning_rate", type=float, default=learning_rate)
     parser.add_argument("--weight_decay", type=float, default=0.02)
     parser.add_argument("--warmup_steps", type=int, default=10)
@@ -785,8 +796,16 @@ def make_accelerator(args, project: str, find_unused_parameters: bool = False):
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 
     report_to = report_to_backend(args.report_to)
+    dynamo = None
+    if getattr(args, "torch_compile", False):
+        from accelerate.utils import TorchDynamoPlugin
+
+        # Accelerate's dynamo backend: `prepare` wraps the model in torch.compile (inductor); graphs break where
+        # the models branch on data (masking, selection), which stays eager
+        dynamo = TorchDynamoPlugin(backend="inductor")
     accelerator = Accelerator(
         cpu=multi_cpu_launch(),
+        dynamo_plugin=dynamo,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to,
         project_config=ProjectConfiguration(
