@@ -72,3 +72,32 @@ def test_bench_serving_reports_each_runtime_with_held_out_recall(tmp_path):
     assert rows["e2, PyTorch fp32"]["image x b4"] == 1.0
     # ONNX Runtime fp32 computes PyTorch's features (cosine > 0.999): the same ranking, the same recall
     assert abs(rows["e2, ONNX Runtime fp32"]["R@10 diff"]) <= 0.5
+
+
+def test_torch_compile_flag_compiles_the_prepared_model(tmp_path):
+    """--torch_compile (every training script's) hands the model to Accelerate's dynamo backend: `prepare` returns
+    it compiled with inductor; without the flag it stays eager. (Compiling itself takes minutes on CPU: the
+    end-to-end run and its speed are in examples/benchmarks/README.md.)"""
+    import argparse
+
+    import torch
+    from accelerate.state import AcceleratorState
+
+    spec = importlib.util.spec_from_file_location("pretrain_script", BENCH.parent / "pretrain.py")
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    assert pretrain.parse_args(["--torch_compile"]).torch_compile  # pretrain.py's own parser carries it too
+
+    parser = argparse.ArgumentParser()
+    training.add_training_arguments(parser, str(tmp_path))
+    for flag, compiled in (([], False), (["--torch_compile"], True)):
+        args = parser.parse_args(["--model_path", "m", "--report_to", "none", *flag])
+        assert args.torch_compile is compiled
+        AcceleratorState._reset_state(reset_partial_state=True)  # one state per process: start afresh each time
+        accelerator, _ = training.make_accelerator(args, "test")
+        model = accelerator.prepare(torch.nn.Linear(4, 2))
+        assert isinstance(model, torch._dynamo.eval_frame.OptimizedModule) is compiled
+        if compiled:
+            assert accelerator.state.dynamo_plugin.backend.value.lower() == "inductor"
+            assert accelerator.unwrap_model(model, keep_torch_compile=False).__class__ is torch.nn.Linear
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -6,6 +6,9 @@
 - Training step: forward + backward + Adam step of E2's full loss (global InfoNCE + regional InfoNCE over the entity
   value texts) against a plain CLIP contrastive step (`CLIPModel(..., return_loss=True)`).
 
+Each row also gives the FLOPs of one call (`FlopCounterMode`: what the method computes, whatever the speed) and
+their ratio to CLIP's: a time ratio near the FLOP ratio means the extra time is the method's extra work.
+
 Timings are interleaved round-robin (each repeat runs every contender once) so that load from other processes hits
 all of them alike; the table shows medians. Random weights (only the shapes matter for speed); fp32 on CPU.
 
@@ -148,6 +151,21 @@ def inputs(size: str, batch: int, device: str, entity_values: str = "catalogue")
     return {k: v.to(device) for k, v in data.items()}
 
 
+def count_flops(fn) -> float:
+    """FLOPs of one call (matmuls, convolutions, attention), as `FlopCounterMode` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def rows_with_flops(setting: str, batch: int, med: dict, fns: dict, ref_name: str) -> list[tuple]:
+    flops = {name: count_flops(fn) for name, fn in fns.items()}
+    ref, ref_flops = med[ref_name], flops[ref_name]
+    return [(setting, n, t, batch / t, t / ref, flops[n], flops[n] / ref_flops) for n, t in med.items()]
+
+
 def bench_encode(size: str, batch: int, repeats: int, warmup: int, device: str) -> list[tuple]:
     clip, e2, e2_nf = build(size, device)
     for m in (clip, e2, e2_nf):
@@ -161,18 +179,13 @@ def bench_encode(size: str, batch: int, repeats: int, warmup: int, device: str) 
 
         return call
 
-    med = interleaved(
-        {
-            "CLIP (CLIPVisionModel + projection)": run(clip.get_image_features),
-            "E2 (selection tokens + fusion blocks)": run(e2.get_image_features),
-            "E2 without fusion blocks": run(e2_nf.get_image_features),
-        },
-        repeats,
-        warmup,
-        device,
-    )
-    ref = med["CLIP (CLIPVisionModel + projection)"]
-    return [(f"encode {size}, batch {batch}", name, t, batch / t, t / ref) for name, t in med.items()]
+    fns = {
+        "CLIP (CLIPVisionModel + projection)": run(clip.get_image_features),
+        "E2 (selection tokens + fusion blocks)": run(e2.get_image_features),
+        "E2 without fusion blocks": run(e2_nf.get_image_features),
+    }
+    med = interleaved(fns, repeats, warmup, device)
+    return rows_with_flops(f"encode {size}, batch {batch}", batch, med, fns, "CLIP (CLIPVisionModel + projection)")
 
 
 def bench_train(size: str, batch: int, repeats: int, warmup: int, device: str, entity_values: str) -> list[tuple]:
@@ -211,19 +224,14 @@ def bench_train(size: str, batch: int, repeats: int, warmup: int, device: str, e
         e2_rows(**data, return_loss=True).loss.backward()
         opt_e2_rows.step()
 
-    med = interleaved(
-        {
-            "CLIP contrastive step": clip_step,
-            "E2 step, every entity row encoded (before)": e2_rows_step,
-            "E2 step (global + 4 regional)": e2_step,
-        },
-        repeats,
-        warmup,
-        device,
-    )
-    ref = med["CLIP contrastive step"]
+    fns = {
+        "CLIP contrastive step": clip_step,
+        "E2 step, every entity row encoded (before)": e2_rows_step,
+        "E2 step (global + 4 regional)": e2_step,
+    }
+    med = interleaved(fns, repeats, warmup, device)
     setting = f"train {size}, batch {batch}, {entity_values} entity values"
-    return [(setting, name, t, batch / t, t / ref) for name, t in med.items()]
+    return rows_with_flops(setting, batch, med, fns, "CLIP contrastive step")
 
 
 def main() -> None:
@@ -255,10 +263,13 @@ def main() -> None:
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     )
     print(f"\nE2 vs CLIP on {device}, fp32, medians of {args.repeats} interleaved repeats\n")
-    print("| setting | model | median ms / batch | items/s | ratio vs CLIP |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for setting, name, t, rate, ratio in rows:
-        print(f"| {setting} | {name} | {t * 1e3:.1f} | {rate:.1f} | {ratio:.2f}x |")
+    print("| setting | model | median ms / batch | items/s | ratio vs CLIP | GFLOP / batch | FLOPs vs CLIP |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for setting, name, t, rate, ratio, flops, flop_ratio in rows:
+        print(
+            f"| {setting} | {name} | {t * 1e3:.1f} | {rate:.1f} | {ratio:.2f}x | {flops / 1e9:.1f} | "
+            f"{flop_ratio:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
