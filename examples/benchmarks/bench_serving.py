@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import syncmask_hf  # noqa: F401  (registers the package's models with the Auto classes)
 from syncmask_hf.catalog_index import FeatureEncoder
@@ -43,15 +44,14 @@ class RuntimeModule(torch.nn.Module):
         self.image_fn, self.text_fn = image_fn, text_fn
 
     def get_image_features(self, pixel_values):
-        return _Out(torch.from_numpy(np.asarray(self.image_fn(pixel_values.numpy()))))
+        return BaseModelOutputWithPooling(
+            pooler_output=torch.from_numpy(np.asarray(self.image_fn(pixel_values.numpy())))
+        )
 
     def get_text_features(self, input_ids, attention_mask):
-        return _Out(torch.from_numpy(np.asarray(self.text_fn(input_ids.numpy(), attention_mask.numpy()))))
-
-
-class _Out:
-    def __init__(self, pooler_output):
-        self.pooler_output = pooler_output
+        return BaseModelOutputWithPooling(
+            pooler_output=torch.from_numpy(np.asarray(self.text_fn(input_ids.numpy(), attention_mask.numpy())))
+        )
 
 
 def runtimes(model_path: Path, onnx_dir: Path, threads: int) -> dict:

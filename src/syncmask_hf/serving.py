@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .catalog_index import FeatureEncoder, image_token
+
 logger = logging.getLogger("syncmask_hf.serving")
 
 ONNX_FILES = {
@@ -234,10 +236,10 @@ def torch_int8(model: torch.nn.Module, per_channel: bool = True) -> torch.nn.Mod
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
 
 
-class OnnxFeatureEncoder:
+class OnnxFeatureEncoder(FeatureEncoder):
     """`FeatureEncoder`'s contract (`image_features` / `text_features`: unit-normalised torch tensors; `images` /
     `texts`: numpy) from a folder `export_onnx` wrote, run by ONNX Runtime. `precision`: "fp32" or "int8";
-    `threads`: ONNX Runtime's intra-op threads (default: torch's)."""
+    `threads`: ONNX Runtime's intra-op threads (default: torch's). No PyTorch model is loaded (`model` is None)."""
 
     def __init__(self, onnx_dir, precision: str = "fp32", threads: int | None = None):
         import onnxruntime as ort
@@ -271,9 +273,8 @@ class OnnxFeatureEncoder:
         self.processor = load_pretrained(AutoProcessor, self.onnx_dir)
         self.model = None  # no PyTorch model behind it
         digest = hashlib.sha256()
-        for kind in ("image", "text"):
-            st = os.stat(self.onnx_dir / ONNX_FILES[kind, precision])
-            digest.update(f"{kind}:{st.st_size}:{st.st_mtime_ns}".encode())
+        for kind in ("image", "text"):  # each file's path, size and modification time
+            digest.update(image_token(self.onnx_dir / ONNX_FILES[kind, precision]))
         #: what tells a cache that these features come from this export at this precision
         self.key = f"onnx-{precision}-{digest.hexdigest()[:16]}"
 
@@ -287,12 +288,6 @@ class OnnxFeatureEncoder:
         feed = {name: inputs[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
         out = self.sessions["text"].run(None, feed)[0]
         return F.normalize(torch.from_numpy(np.ascontiguousarray(out)).float(), dim=-1)
-
-    def images(self, images) -> np.ndarray:
-        return self.image_features(images).numpy()
-
-    def texts(self, texts) -> np.ndarray:
-        return self.text_features(texts).numpy()
 
 
 __all__ = ["MANIFEST", "ONNX_FILES", "PARITY_MIN", "OnnxFeatureEncoder", "export_onnx", "torch_int8"]
