@@ -33,7 +33,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 import syncmask_hf  # noqa: F401  (registers the package's models with the Auto classes)
-from syncmask_hf.catalog_index import DEFAULT_ANN_THRESHOLD, CatalogIndex, catalog_rows
+from syncmask_hf.catalog_index import DEFAULT_ANN_THRESHOLD, DEFAULT_CLUSTER_BY, CatalogIndex, catalog_rows
 from syncmask_hf.training import add_trust_remote_code_argument, multi_cpu_launch
 
 logger = logging.getLogger("index_catalog")
@@ -51,6 +51,12 @@ def parse_args(argv=None):
     p.add_argument("--streaming", action="store_true", help="read the sources as streams")
     p.add_argument(
         "--ann_threshold", type=int, default=DEFAULT_ANN_THRESHOLD, help="rows from which to add an ANN index"
+    )
+    p.add_argument(
+        "--cluster_by",
+        nargs="*",
+        default=list(DEFAULT_CLUSTER_BY),
+        help="columns the table is sorted by above --ann_threshold, most-filtered first (none: catalogue order)",
     )
     p.add_argument(
         "--onnx",
@@ -90,6 +96,7 @@ def main(argv=None) -> dict:
             args.index_uri,
             trust_remote_code=args.trust_remote_code,
             ann_threshold=args.ann_threshold,
+            cluster_by=args.cluster_by,
             overwrite=args.overwrite,
             encoder=encoder,
         )

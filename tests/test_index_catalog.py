@@ -21,7 +21,9 @@ from syncmask_hf import training  # noqa: E402
 from syncmask_hf.catalog_index import CatalogIndex  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "index_catalog.py"
-DATA = ["--dataset", "synthetic:160", "--chunk_size", "20", "--batch_size", "16", "--no_progress"]
+# --ann_threshold 100: the end of the run sorts the table (`optimize`) and builds the vector and scalar indexes
+DATA = ["--dataset", "synthetic:160", "--chunk_size", "20", "--batch_size", "16", "--ann_threshold", "100"]
+DATA += ["--no_progress"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,10 @@ def run(model, uri, processes=1):
 
 
 def table(uri):
-    rows = CatalogIndex.open(uri)._table.to_arrow().to_pylist()
+    index = CatalogIndex.open(uri)
+    rows = index._table.to_arrow().to_pylist()
+    keys = [tuple(r[c] for c in index.meta["cluster_by"]) for r in rows]
+    assert keys == sorted(keys) and any(i.name.startswith("image_vec") for i in index._table.list_indices())
     return {r["item_id"]: r for r in rows}
 
 

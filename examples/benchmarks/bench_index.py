@@ -7,7 +7,10 @@ Random unit vectors with a `category` column of 100 values (a filter on one valu
 backend: build time (for LanceDB writing the table and training its IVF-PQ index), size on disk, query latency p50 /
 p99 one query at a time (median of `--queries` queries after a warm-up) without and with the 1% filter, recall@10
 against exact search (for the filtered queries, exact search among the matching rows), and how many of the k
-results a filtered query returned. Flat FAISS is exact and in memory; it is the reference row.
+results a filtered query returned (`--filter_shares`: filters keeping other shares of the rows). The table is
+written in catalogue order (a filter's rows scattered) and measured, then sorted by the filter column as
+`CatalogIndex.optimize` does ("sorted"), and the vector indexes are built on it. Flat FAISS is exact and in memory;
+it is the reference row.
 
 With `--model_path M --catalog SOURCE` it also indexes a real catalogue with the model, as `CatalogIndex.build` does
 (files read, decoded, embedded, written, the approximate index built), and reports
@@ -100,6 +103,13 @@ def main(argv=None) -> dict:
         "--skip_exact",
         action="store_true",
         help="leave out LanceDB's unfiltered exact search (a full scan: ~3 s a query at 1M vectors)",
+    )
+    p.add_argument(
+        "--filter_shares",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="filters measured, as the % of rows each keeps (1: one category of 100; 5: five of them)",
     )
     p.add_argument("--output_dir", default=None, help="where the LanceDB table goes (default: a temporary folder)")
     p.add_argument(
@@ -197,6 +207,8 @@ def random_vectors(args) -> dict:
     import pyarrow as pa
     from lancedb.index import Bitmap, IvfHnswSq, IvfPq
 
+    from syncmask_hf.catalog_index import cluster_table, filter_sql
+
     n, dim, k = args.num_vectors, args.dim, args.k
     t = time.perf_counter()
     if args.clusters:  # queries are drawn like the catalogue (a new photo or text of a known kind of product)
@@ -209,7 +221,17 @@ def random_vectors(args) -> dict:
     qcat = np.arange(len(queries)) % 100
     print(f"{n:,} vectors of {dim} dims generated in {time.perf_counter() - t:.1f} s")
     truth = [exact_top(vectors, q, k) for q in queries]
-    truth_filtered = [exact_top(vectors, q, k, np.flatnonzero(categories == c)) for q, c in zip(queries, qcat)]
+
+    def kept(i: int, share: int) -> list[str]:  # a filter keeping `share`% of the rows: that many categories
+        return [str((qcat[i] + j) % 100) for j in range(share)]
+
+    truth_filtered = {
+        share: [
+            exact_top(vectors, q, k, np.flatnonzero(np.isin(categories, np.int64(kept(i, share)))))
+            for i, q in enumerate(queries)
+        ]
+        for share in args.filter_shares
+    }
 
     rows = {}
     # -- flat FAISS (exact, in memory): the reference
@@ -271,7 +293,7 @@ def random_vectors(args) -> dict:
     tbl.create_index("category", config=Bitmap())
     write = time.perf_counter() - t
 
-    def lance(filtered: bool, exact: bool = False, graph: bool = False):
+    def lance(share: int = 0, exact: bool = False, graph: bool = False):
         times, recall, returned = [], [], []
         for i, q in enumerate(queries):
             query = tbl.search(q, vector_column_name="image_vec").distance_type("dot").limit(k).select(["item_id"])
@@ -281,22 +303,37 @@ def random_vectors(args) -> dict:
                 query = query.nprobes(1).ef(max(args.ef, k))
             else:
                 query = query.nprobes(args.nprobes).refine_factor(args.refine_factor)
-            if filtered:
-                query = query.where(f"category = '{qcat[i]}'", prefilter=True)
+            if share:  # the clause CatalogIndex writes
+                query = query.where(filter_sql({"category": kept(i, share)}), prefilter=True)
             t = time.perf_counter()
             got = query.to_list()
             if i >= 10:
                 times.append(time.perf_counter() - t)
                 ids = {int(r["item_id"]) for r in got}
-                recall.append(len((truth_filtered if filtered else truth)[i] & ids) / k)
+                recall.append(len((truth_filtered[share] if share else truth)[i] & ids) / k)
                 returned.append(len(got))
         return {**percentiles(times), f"recall@{k}": float(np.mean(recall)), "returned": min(returned)}
 
     size = folder_size(root / "db")
     print(f"LanceDB table written in {write:.1f} s; exact queries ...", flush=True)
     if not args.skip_exact:
-        rows["LanceDB exact (no vector index)"] = {"build s": write, "disk MiB": size, **lance(False, exact=True)}
-    rows["LanceDB exact, 1% filter"] = {"build s": write, "disk MiB": size, **lance(True, exact=True)}
+        rows["LanceDB exact (no vector index)"] = {"build s": write, "disk MiB": size, **lance(exact=True)}
+    for share in args.filter_shares:
+        rows[f"LanceDB exact, {share}% filter"] = {"build s": write, "disk MiB": size, **lance(share, exact=True)}
+    # CatalogIndex.optimize sorts the table by its filter columns: a filter's rows are read as one run, not
+    # thousands of single rows
+    t = time.perf_counter()
+    cluster_table(db, tbl, ["category"])
+    tbl.create_index("category", config=Bitmap())
+    write += time.perf_counter() - t
+    size = folder_size(root / "db")
+    print(f"table sorted by category in {time.perf_counter() - t:.1f} s", flush=True)
+    for share in args.filter_shares:
+        rows[f"LanceDB exact, {share}% filter, sorted"] = {
+            "build s": write,
+            "disk MiB": size,
+            **lance(share, exact=True),
+        }
     partitions = max(1, int(np.sqrt(n)))
     configs = {
         "IVF-PQ": IvfPq(distance_type="dot", num_partitions=partitions, num_sub_vectors=max(1, dim // 8)),
@@ -314,12 +351,13 @@ def random_vectors(args) -> dict:
         print(f"{name} built in {index_s:.1f} s; queries ...", flush=True)
         size = folder_size(root / "db")
         graph = name == "HNSW-SQ"
-        rows[f"LanceDB {name}"] = {"build s": write + index_s, "disk MiB": size, **lance(False, graph=graph)}
-        rows[f"LanceDB {name}, 1% filter"] = {
-            "build s": write + index_s,
-            "disk MiB": size,
-            **lance(True, graph=graph),
-        }
+        rows[f"LanceDB {name}"] = {"build s": write + index_s, "disk MiB": size, **lance(graph=graph)}
+        for share in args.filter_shares:
+            rows[f"LanceDB {name}, {share}% filter"] = {
+                "build s": write + index_s,
+                "disk MiB": size,
+                **lance(share, graph=graph),
+            }
     ref = rows["FAISS flat (memory)"]["p50 ms"]
     for row in rows.values():
         row["p50 vs FAISS"] = row["p50 ms"] / ref

@@ -11,15 +11,18 @@ One table row per catalogue item: its image embedding, its text's embedding, the
 and a content hash (image bytes, or path + size + mtime for files, and the text) that tells an upsert which rows to
 embed again. Queries pre-filter (the filter runs before the nearest-neighbour search, so a filter matching k items
 returns k), group hits by product (the best image of each), and search exactly below `ann_threshold` rows and with
-one approximate HNSW graph above it. LanceDB is an optional dependency (`pip install syncmask_hf[index]`).
+one approximate HNSW graph above it, where `optimize` also sorts the rows by the most-filtered columns so that a
+filter's rows are read together. LanceDB is an optional dependency (`pip install syncmask_hf[index]`).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -41,6 +44,13 @@ EXACT_FILTERED_ROWS = 50_000
 #: The approximate index: one HNSW graph over every image vector (scalar-quantised), no IVF partitions. Neighbours
 #: per node, candidates kept while building, and while searching (at least the query's limit).
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF = 20, 150, 128
+#: `optimize` rewrites the table sorted by these columns, so that the rows a filter keeps lie together instead of
+#: scattered over the table: LanceDB then reads a few runs of rows, not thousands of single ones (1M rows, 1% filter,
+#: exact search among its rows: p50 96 ms in catalogue order, 18 ms sorted; bench_index.py). A filter on the first
+#: column reads one run; on a later one, a run per value of the columns before it. Most-filtered first.
+DEFAULT_CLUSTER_BY = ("category", "gender", "color", "brand")
+#: Rows read and written at a time while `optimize` sorts the table.
+CLUSTER_CHUNK_ROWS = 32_768
 
 
 def _lancedb():
@@ -95,6 +105,51 @@ def filter_sql(filters: dict | None) -> str | None:
             raise ValueError(f"filter {column!r} has no values")
         clauses.append(f"{column} IN ({', '.join(_sql_string(v) for v in values)})")
     return " AND ".join(clauses)
+
+
+def _filter_columns(columns: Sequence[str]) -> tuple[str, ...]:
+    columns = (columns,) if isinstance(columns, str) else tuple(columns)
+    unknown = [c for c in columns if c not in FILTER_COLUMNS]
+    if unknown:
+        raise ValueError(f"cannot cluster by {unknown}: choose among {list(FILTER_COLUMNS)}")
+    return columns
+
+
+def cluster_table(db, table, columns: Sequence[str], chunk_rows: int = CLUSTER_CHUNK_ROWS) -> None:
+    """Rewrite a LanceDB table (of connection `db`) sorted by `columns`: a new version of the same table, committed
+    at once at the end (a kill leaves the old one), the older versions removed afterwards. Only the sort keys are
+    held in memory; rows are read and written `chunk_rows` at a time. Indexes do not survive the rewrite: build them
+    after it. Not safe against concurrent writers (run it where `optimize` runs)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = list(columns)
+    keys = table.search().select(columns).with_row_id(True).limit(None).to_arrow()
+    if keys.num_rows < 2:
+        return
+    order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in columns])
+    row_ids = keys["_rowid"].take(order).to_numpy()
+    if np.all(row_ids[1:] > row_ids[:-1]):
+        return  # sorted already
+    schema = table.schema
+    source = db.open_table(table.name)  # pinned to this version: the rewrite reads from it
+    source.checkout(table.version)
+
+    def batches():
+        for start in range(0, len(row_ids), chunk_rows):
+            ids = row_ids[start : start + chunk_rows]
+            part = source.take_row_ids(ids.tolist(), with_row_id=True).to_arrow()
+            got = part["_rowid"].to_numpy()
+            by_id = np.argsort(got)  # a take returns rows in storage order: put them back in the sort order
+            rows = part.take(pa.array(by_id[np.searchsorted(got[by_id], ids)])).select(schema.names)
+            yield from rows.cast(schema).to_batches()
+
+    table.add(pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite")
+    # LanceDB's optimize: compacts (nothing to do after a rewrite) and removes the older versions' files, which
+    # would otherwise double the table on disk
+    with warnings.catch_warnings():  # its warning says just that: older versions go (the docstring says so)
+        warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than")
+        table.optimize(cleanup_older_than=datetime.timedelta(0), delete_unverified=True)
 
 
 class FeatureEncoder:
@@ -162,14 +217,17 @@ class CatalogIndex:
         device="cpu",
         trust_remote_code: bool = False,
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
+        cluster_by: Sequence[str] = DEFAULT_CLUSTER_BY,
         overwrite: bool = False,
         encoder: FeatureEncoder | None = None,
         extra_meta: dict | None = None,
     ) -> CatalogIndex:
         """An empty index at `uri` for the model at `model_path` (its embedding size measured when `dim` is None).
         An index already there is reopened when it was built with the same model, refused otherwise, unless
-        `overwrite`. `encoder`: the model already loaded (not loaded again); `extra_meta`: kept in the index's
-        metadata (`meta`), e.g. what the caller needs to tell whether the index is current."""
+        `overwrite`. `cluster_by`: the columns `optimize` sorts the rows by (() keeps the order they came in);
+        `encoder`: the model already loaded (not loaded again); `extra_meta`: kept in the index's metadata
+        (`meta`), e.g. what the caller needs to tell whether the index is current."""
+        cluster_by = _filter_columns(cluster_by)
         lancedb = _lancedb()
         db = lancedb.connect(str(uri))
         if not overwrite and _has_index(db):
@@ -189,6 +247,7 @@ class CatalogIndex:
             "model_path": str(model_path),
             "trust_remote_code": bool(trust_remote_code),
             "ann_threshold": int(ann_threshold),
+            "cluster_by": list(cluster_by),
             "dim": int(dim),
             **(extra_meta or {}),
         }
@@ -207,6 +266,7 @@ class CatalogIndex:
         device="cpu",
         trust_remote_code: bool = False,
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
+        cluster_by: Sequence[str] = DEFAULT_CLUSTER_BY,
         progress: bool = True,
     ) -> CatalogIndex:
         """Embed `dataset` (a `datasets.Dataset` in the catalogue schema, or a data-layer source string such as
@@ -219,6 +279,7 @@ class CatalogIndex:
             device=device,
             trust_remote_code=trust_remote_code,
             ann_threshold=ann_threshold,
+            cluster_by=cluster_by,
             overwrite=True,
         )
         index.upsert(dataset, batch_size=batch_size, progress=progress)
@@ -352,14 +413,20 @@ class CatalogIndex:
         return present
 
     def optimize(self) -> None:
-        """Below `ann_threshold` rows search is exact; from it on the image vectors get one HNSW graph (LanceDB's
+        """Below `ann_threshold` rows search is exact; from it on the rows are sorted by the index's `cluster_by`
+        columns (`cluster_table`: a filter's rows lie together), the image vectors get one HNSW graph (LanceDB's
         IVF-HNSW-SQ with a single partition: on catalogue-like vectors IVF partitions cost recall and latency, each
         probed partition being a graph search of its own; examples/benchmarks/bench_index.py), and the filter
-        columns scalar indexes, so a selective filter reads only its rows."""
+        columns scalar indexes, so a selective filter reads only its rows. Rows added later are appended unsorted
+        until the next `optimize`."""
         n = len(self)
         if n < self.meta["ann_threshold"]:
             return
         from lancedb.index import Bitmap, BTree, IvfHnswSq
+
+        cluster_by = self.meta.get("cluster_by", DEFAULT_CLUSTER_BY)
+        if cluster_by:
+            cluster_table(self._db, self._table, cluster_by)
 
         graph = IvfHnswSq(distance_type="dot", num_partitions=1, m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION)
         self._table.create_index("image_vec", config=graph, replace=True)
