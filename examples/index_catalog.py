@@ -64,6 +64,12 @@ def parse_args(argv=None):
         help="embed with this ONNX export of --model_path (examples/export_onnx.py) through ONNX Runtime (CPU)",
     )
     p.add_argument("--onnx_precision", choices=["fp32", "int8"], default="fp32", help="which of the export's files")
+    p.add_argument(
+        "--cleanup_old_versions",
+        action="store_true",
+        help="after sorting the table, delete its previous layout (frees the disk; a process still serving the "
+        "index from that version fails: leave it off while others serve it)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an index of another model at --index_uri")
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
@@ -143,7 +149,7 @@ def main(argv=None) -> dict:
         for name in staged:
             index.ingest(staging.read(name))
             staging.remove(name)  # merged: a later run finds these rows in the index by their hash
-        index.optimize()
+        index.optimize(cleanup=args.cleanup_old_versions)
         summary = {k: sum(t[k] for t in totals) for k in counts}
         summary.update({"rows_in_index": len(index), "chunks_merged": len(staged), "processes": world})
         staging.write_report(json.dumps(summary, indent=2))

@@ -145,8 +145,8 @@ def test_approximate_index_above_the_threshold(tmp_path, catalog):
 
 def test_optimize_sorts_rows_by_the_cluster_columns(tmp_path, catalog):
     """Above `ann_threshold`, `optimize` rewrites the table sorted by `cluster_by` (a filter's rows lie together):
-    the same rows and the same exact answers as an index left in catalogue order; one table version kept on disk;
-    upserts after it still work."""
+    the same rows and the same exact answers as an index left in catalogue order; `build` keeps no second copy on
+    disk; upserts after it work, and a reader of the index keeps answering while it is sorted again."""
     training.save_random_model("e2", tmp_path / "model")
     plain = CatalogIndex.build(tmp_path / "model", catalog, tmp_path / "plain", ann_threshold=256, cluster_by=())
     index = CatalogIndex.build(tmp_path / "model", catalog, tmp_path / "db", ann_threshold=256, progress=False)
@@ -166,6 +166,13 @@ def test_optimize_sorts_rows_by_the_cluster_columns(tmp_path, catalog):
         assert [h["item_id"] for h in a] == [h["item_id"] for h in b] and len(a) == 8  # exact among the filter's rows
     changed = catalog.select(range(5)).map(lambda r: {"text": r["text"] + " now in teal"})
     assert index.upsert(changed)["embedded"] == 5 and len(index) == len(catalog)
+    reader = CatalogIndex.open(tmp_path / "db")  # another process serving the index while it is sorted again
+    before = reader.search(text="a dress", k=5, group_by_product=False)
+    index.optimize()  # the changed rows were appended unsorted; the previous layout is kept (cleanup=False)
+    assert reader.search(text="a dress", k=5, group_by_product=False) == before
+    table = CatalogIndex.open(tmp_path / "db")._table.to_arrow()
+    keys = list(zip(*(table[c].to_pylist() for c in index.meta["cluster_by"])))
+    assert keys == sorted(keys) and table.num_rows == len(catalog)
     with pytest.raises(ValueError, match="cannot cluster by"):
         CatalogIndex.create(tmp_path / "model", tmp_path / "other", cluster_by=("price",))
 

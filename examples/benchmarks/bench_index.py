@@ -323,7 +323,7 @@ def random_vectors(args) -> dict:
     # CatalogIndex.optimize sorts the table by its filter columns: a filter's rows are read as one run, not
     # thousands of single rows
     t = time.perf_counter()
-    cluster_table(db, tbl, ["category"])
+    cluster_table(db, tbl, ["category"], cleanup=True)
     tbl.create_index("category", config=Bitmap())
     write += time.perf_counter() - t
     size = folder_size(root / "db")

@@ -118,22 +118,26 @@ def _filter_columns(columns: Sequence[str]) -> tuple[str, ...]:
     return columns
 
 
-def cluster_table(db, table, columns: Sequence[str], chunk_rows: int = CLUSTER_CHUNK_ROWS) -> None:
+def cluster_table(
+    db, table, columns: Sequence[str], chunk_rows: int = CLUSTER_CHUNK_ROWS, cleanup: bool = False
+) -> bool:
     """Rewrite a LanceDB table (of connection `db`) sorted by `columns`: a new version of the same table, committed
-    at once at the end (a kill leaves the old one), the older versions removed afterwards. Only the sort keys are
-    held in memory; rows are read and written `chunk_rows` at a time. Indexes do not survive the rewrite: build them
-    after it. Not safe against concurrent writers (run it where `optimize` runs)."""
+    at once at the end (a kill leaves the old one). Only the sort keys are held in memory; rows are read and
+    written `chunk_rows` at a time. Indexes do not survive the rewrite: build them after it. `cleanup`: remove the
+    older versions' files afterwards (else the table takes twice its size on disk until LanceDB's own cleanup; a
+    process still reading an older version fails once they are gone). Not safe against concurrent writers.
+    Returns whether the table was rewritten (False: sorted already)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     columns = list(columns)
     keys = table.search().select(columns).with_row_id(True).limit(None).to_arrow()
     if keys.num_rows < 2:
-        return
+        return False
     order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in columns])
     row_ids = keys["_rowid"].take(order).to_numpy()
     if np.all(row_ids[1:] > row_ids[:-1]):
-        return  # sorted already
+        return False  # sorted already
     schema = table.schema
     source = db.open_table(table.name)  # pinned to this version: the rewrite reads from it
     source.checkout(table.version)
@@ -148,11 +152,11 @@ def cluster_table(db, table, columns: Sequence[str], chunk_rows: int = CLUSTER_C
             yield from rows.cast(schema).to_batches()
 
     table.add(pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite")
-    # LanceDB's optimize: compacts (nothing to do after a rewrite) and removes the older versions' files, which
-    # would otherwise double the table on disk
-    with warnings.catch_warnings():  # its warning says just that: older versions go (the docstring says so)
-        warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than")
-        table.optimize(cleanup_older_than=datetime.timedelta(0), delete_unverified=True)
+    if cleanup:  # LanceDB's optimize: compacts (nothing to do after a rewrite) and removes the older versions
+        with warnings.catch_warnings():  # its warning says just that: older versions go (the docstring says so)
+            warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than")
+            table.optimize(cleanup_older_than=datetime.timedelta(0), delete_unverified=True)
+    return True
 
 
 class FeatureEncoder:
@@ -288,7 +292,7 @@ class CatalogIndex:
         index.upsert(dataset, batch_size=batch_size, progress=progress)
         if len(index) == 0:
             raise ValueError(f"no catalogue item could be embedded ({len(index.skipped)} skipped): nothing to index")
-        index.optimize()
+        index.optimize(cleanup=True)  # a new index: nothing else reads its older versions
         return index
 
     @classmethod
@@ -415,13 +419,15 @@ class CatalogIndex:
         self.last_update = {"deleted": present}
         return present
 
-    def optimize(self) -> None:
+    def optimize(self, cleanup: bool = False) -> None:
         """Below `ann_threshold` rows search is exact; from it on the rows are sorted by the index's `cluster_by`
         columns (`cluster_table`: a filter's rows lie together), the image vectors get one HNSW graph (LanceDB's
         IVF-HNSW-SQ with a single partition: on catalogue-like vectors IVF partitions cost recall and latency, each
         probed partition being a graph search of its own; examples/benchmarks/bench_index.py), and the filter
         columns scalar indexes, so a selective filter reads only its rows. Rows added later are appended unsorted
-        until the next `optimize`."""
+        until the next `optimize`. `cleanup`: remove the files of the table's layout before sorting (its older
+        versions); leave it off while other processes serve this index (they read their version until they reopen
+        it), on when nothing else reads it (`build` and `CatalogSearch`, which write their index anew)."""
         n = len(self)
         if n < self.meta["ann_threshold"]:
             return
@@ -429,7 +435,7 @@ class CatalogIndex:
 
         cluster_by = self.meta.get("cluster_by", DEFAULT_CLUSTER_BY)
         if cluster_by:
-            cluster_table(self._db, self._table, cluster_by)
+            cluster_table(self._db, self._table, cluster_by, cleanup=cleanup)
 
         graph = IvfHnswSq(distance_type="dot", num_partitions=1, m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION)
         self._table.create_index("image_vec", config=graph, replace=True)

@@ -362,7 +362,7 @@ class CatalogSearch:
                 for row, values, iv, tv in zip(rows_here, meta, image_vecs, text_vecs)
             ]
             index.ingest(_to_arrow(rows))
-        index.optimize()
+        index.optimize(cleanup=True)  # written anew: nothing else reads its older versions
         return index
 
     def _load_tgir_head(self, trust_remote_code: bool):
