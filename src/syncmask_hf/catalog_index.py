@@ -95,27 +95,27 @@ def _sql_string(value) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def _metadata_columns(columns: Iterable[str], action: str) -> tuple[str, ...]:
+    """`columns` as a tuple, checked to be the catalogue's metadata columns (what filters and sorting may use)."""
+    columns = (columns,) if isinstance(columns, str) else tuple(columns)
+    for column in columns:
+        if column not in FILTER_COLUMNS:
+            raise ValueError(f"cannot {action} {column!r}: choose among {list(FILTER_COLUMNS)}")
+    return columns
+
+
 def filter_sql(filters: dict | None) -> str | None:
     """A LanceDB `where` clause from {column: value or list of values}; only the catalogue's metadata columns."""
     if not filters:
         return None
+    _metadata_columns(filters, "filter on")
     clauses = []
     for column, value in filters.items():
-        if column not in FILTER_COLUMNS:
-            raise ValueError(f"cannot filter on {column!r}: choose among {list(FILTER_COLUMNS)}")
         values = list(value) if isinstance(value, (list, tuple, set)) else [value]
         if not values:
             raise ValueError(f"filter {column!r} has no values")
         clauses.append(f"{column} IN ({', '.join(_sql_string(v) for v in values)})")
     return " AND ".join(clauses)
-
-
-def _filter_columns(columns: Sequence[str]) -> tuple[str, ...]:
-    columns = (columns,) if isinstance(columns, str) else tuple(columns)
-    unknown = [c for c in columns if c not in FILTER_COLUMNS]
-    if unknown:
-        raise ValueError(f"cannot cluster by {unknown}: choose among {list(FILTER_COLUMNS)}")
-    return columns
 
 
 def cluster_table(
@@ -234,7 +234,7 @@ class CatalogIndex:
         `overwrite`. `cluster_by`: the columns `optimize` sorts the rows by (() keeps the order they came in);
         `encoder`: the model already loaded (not loaded again); `extra_meta`: kept in the index's metadata
         (`meta`), e.g. what the caller needs to tell whether the index is current."""
-        cluster_by = _filter_columns(cluster_by)
+        cluster_by = _metadata_columns(cluster_by, "cluster by")
         lancedb = _lancedb()
         db = lancedb.connect(str(uri))
         if not overwrite and _has_index(db):
